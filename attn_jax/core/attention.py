@@ -1,0 +1,134 @@
+"""Attending: score -> bias/mask -> masked softmax -> weighted combination.
+
+The primitive is written for one head of one example (Equinox's habit) and lifted to many heads and
+a batch with `jax.vmap`, so the readable single-head code *is* the multi-head definition.
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from attn_jax.core.scores import ScoreFn, scaled_dot
+from attn_jax.core.softmax import masked_softmax
+
+Array = jax.Array
+
+
+def combine(weights: Array, value: Array) -> Array:
+  """Weighted combination of value rows: the third step of attention.
+
+  weights: [q_len, kv_len], value: [kv_len, value_dim] -> [q_len, value_dim], in the value's dtype.
+  """
+  if weights.ndim != 2 or value.ndim != 2 or weights.shape[-1] != value.shape[0]:
+    raise ValueError(
+        "combine takes weights [q_len, kv_len] and value [kv_len, value_dim]; "
+        f"got weights {weights.shape} and value {value.shape}")
+  # [q_len, kv_len] x [kv_len, value_dim] -> [q_len, value_dim]
+  return jnp.einsum("ts,sd->td", weights.astype(value.dtype), value)
+
+
+def attend(
+    query: Array,
+    key: Array,
+    value: Array,
+    *,
+    score_fn: ScoreFn = scaled_dot,
+    params: Any = None,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    return_weights: bool = False,
+) -> Array | tuple[Array, Array]:
+  """Single-head attention for one example.
+
+  query: [q_len, key_dim], key: [kv_len, key_dim], value: [kv_len, value_dim];
+  bias: float, mask: bool (True = may attend), both broadcastable to [q_len, kv_len].
+  Returns the output [q_len, value_dim] in the query's dtype, and with ``return_weights`` also the
+  weights [q_len, kv_len] (rows sum to 1; fully masked rows are all zeros, and so is their output).
+  """
+  if key.shape[0] != value.shape[0]:
+    raise ValueError(
+        f"key and value must share kv_len: got key {key.shape} and value {value.shape}")
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (query.shape[0], key.shape[0]))
+    # A key/value row no query may see could hold anything (padding: NaN, 1e30). Zero it with a
+    # `where` before any arithmetic: 0 * NaN = NaN, so masking the weights alone would leak it
+    # into the output (value) and into the query's gradient (key).
+    seen_S1 = jnp.any(mask, axis=0)[:, None]
+    key = jnp.where(seen_S1, key, jnp.zeros((), key.dtype))
+    value = jnp.where(seen_S1, value, jnp.zeros((), value.dtype))
+  logits = score_fn(query, key, params)  # [q_len, kv_len], float32 or wider
+  if bias is not None:
+    logits = logits + bias.astype(logits.dtype)
+  weights = masked_softmax(logits, mask)  # [q_len, kv_len]
+  out = combine(weights, value).astype(query.dtype)
+  if return_weights:
+    return out, weights.astype(query.dtype)
+  return out
+
+
+def multi_head_attend(
+    query: Array,
+    key: Array,
+    value: Array,
+    *,
+    score_fn: ScoreFn = scaled_dot,
+    params: Any = None,
+    params_per_head: bool = False,
+    bias: Array | None = None,
+    mask: Array | None = None,
+    return_weights: bool = False,
+) -> Array | tuple[Array, Array]:
+  """`attend` vmapped over heads, with grouped-query heads.
+
+  query: [q_len, num_heads, key_dim]; key: [kv_len, num_kv_heads, key_dim];
+  value: [kv_len, num_kv_heads, value_dim], num_heads a multiple of num_kv_heads (query head n
+  reads key/value head n // (num_heads // num_kv_heads)); bias, mask broadcastable to
+  [num_heads, q_len, kv_len]; params: shared by all heads, or with a leading [num_heads] axis on
+  every leaf when ``params_per_head``.
+  Returns [q_len, num_heads, value_dim] (and weights [num_heads, q_len, kv_len]).
+  """
+  num_heads, num_kv_heads = query.shape[1], key.shape[1]
+  if query.ndim != 3 or key.ndim != 3 or value.ndim != 3 or num_heads % num_kv_heads:
+    raise ValueError(
+        "multi_head_attend takes query [q_len, num_heads, key_dim] and key/value "
+        "[kv_len, num_kv_heads, dim] with num_kv_heads dividing num_heads; got query "
+        f"{query.shape}, key {key.shape}, value {value.shape}")
+  groups = num_heads // num_kv_heads
+  q_len, kv_len = query.shape[0], key.shape[0]
+
+  def per_head(x: Array | None) -> tuple[Array | None, int | None]:
+    # [heads or 1, q_len, kv_len] -> ([num_kv_heads, groups, q_len, kv_len], vmap axis 0), or
+    # ([q_len, kv_len], None) when it is shared by all heads.
+    if x is None:
+      return None, None
+    x = jnp.reshape(x, (1,) * (3 - x.ndim) + x.shape) if x.ndim < 3 else x
+    if x.ndim != 3 or x.shape[0] not in (1, num_heads):
+      raise ValueError(
+          f"bias/mask must broadcast to [num_heads, q_len, kv_len] = {(num_heads, q_len, kv_len)}"
+          f"; got shape {x.shape}")
+    x = jnp.broadcast_to(x, (x.shape[0], q_len, kv_len))
+    if x.shape[0] == 1:
+      return x[0], None
+    return jnp.reshape(x, (num_kv_heads, groups, q_len, kv_len)), 0
+
+  (bias, bias_axis), (mask, mask_axis) = per_head(bias), per_head(mask)
+  # [T, N, D] -> [K, G, T, D]: head n = k * groups + g reads key/value head k.
+  q_KGTD = jnp.reshape(jnp.swapaxes(query, 0, 1), (num_kv_heads, groups, q_len, -1))
+  k_KSD, v_KSD = jnp.swapaxes(key, 0, 1), jnp.swapaxes(value, 0, 1)
+  params_axis = 0 if params_per_head else None
+  if params_per_head:
+    params = jax.tree.map(lambda p: jnp.reshape(p, (num_kv_heads, groups) + p.shape[1:]), params)
+
+  fn = functools.partial(attend, score_fn=score_fn, return_weights=return_weights)
+  one_head = lambda q, k, v, p, b, m: fn(q, k, v, params=p, bias=b, mask=m)
+  # Inner vmap: the query heads of one group share a key/value head; outer: over kv heads.
+  group = jax.vmap(one_head, in_axes=(0, None, None, params_axis, bias_axis, mask_axis))
+  heads = jax.vmap(group, in_axes=(0, 0, 0, params_axis, bias_axis, mask_axis))
+  result = heads(q_KGTD, k_KSD, v_KSD, params, bias, mask)
+  out_KGTD = result[0] if return_weights else result
+  out = jnp.swapaxes(jnp.reshape(out_KGTD, (num_heads, q_len, -1)), 0, 1)  # [T, N, Dv]
+  if return_weights:
+    return out, jnp.reshape(result[1], (num_heads, q_len, kv_len))
+  return out

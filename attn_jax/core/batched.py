@@ -1,0 +1,112 @@
+"""Batched multi-head implementations behind `attn_jax.dot_product_attention`.
+
+Both take the arguments already validated and made 4-D, with every mask (explicit, causal, window,
+sequence lengths) folded into one boolean ``mask`` broadcastable to [batch, num_heads, q_len, kv_len]:
+
+- `reference_attention`: the single-head `attend` vmapped over heads and batch — the readable
+  definition, literally.
+- `xla_attention`: the same math as one batched einsum per step, grouped-query heads folded into
+  the einsum instead of repeated key/value heads; what XLA fuses best.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from attn_jax.core import scores
+from attn_jax.core.attention import multi_head_attend
+from attn_jax.core.softmax import masked_softmax
+
+Array = jax.Array
+
+
+def score_fn_for(score: str, scale: float) -> scores.ScoreFn:
+  """The single-head score function for the batched API's ``score`` name and ``scale``."""
+  if score == "dot":
+    return functools.partial(scores.scaled_dot, scale=scale)
+  if score == "cosine":
+    return functools.partial(scores.cosine, scale=scale)
+  raise ValueError(f"score must be 'dot' or 'cosine'; got {score!r}")
+
+
+def _batch_axis(x: Array | None) -> tuple[Array | None, int | None]:
+  if x is None or x.shape[0] != 1:
+    return x, (None if x is None else 0)
+  return x[0], None
+
+
+def reference_attention(
+    query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None, *,
+    scale: float, score: str = "dot", return_weights: bool = False,
+) -> Array | tuple[Array, Array]:
+  """query [B, T, N, H], key/value [B, S, K, H]; bias/mask [B|1, N|1, T|1, S|1] -> [B, T, N, H].
+
+  With ``return_weights`` also returns the weights [B, N, T, S].
+  """
+  fn = functools.partial(multi_head_attend, score_fn=score_fn_for(score, scale),
+                         return_weights=return_weights)
+  bias, bias_axis = _batch_axis(bias)
+  mask, mask_axis = _batch_axis(mask)
+  batched = jax.vmap(lambda q, k, v, b, m: fn(q, k, v, bias=b, mask=m),
+                     in_axes=(0, 0, 0, bias_axis, mask_axis))
+  return batched(query, key, value, bias, mask)
+
+
+def _grouped(x: Array | None, num_kv_heads: int) -> Array | None:
+  # [B|1, N|1, T|1, S|1] -> [B|1, K|1, G|1, T|1, S|1], matching the grouped query layout.
+  if x is None:
+    return None
+  b, n, t, s = x.shape
+  if n == 1:
+    return x[:, :, None]
+  return jnp.reshape(x, (b, num_kv_heads, n // num_kv_heads, t, s))
+
+
+def xla_logits(query: Array, key: Array, *, scale: float, score: str = "dot") -> Array:
+  """Logits [B, K, G, T, S] in float32 from query [B, T, N, H] and key [B, S, K, H]."""
+  batch, q_len, num_heads, head_dim = query.shape
+  num_kv_heads = key.shape[2]
+  if score == "cosine":
+    query, key = scores.l2_normalize(query), scores.l2_normalize(key)
+  elif score != "dot":
+    raise ValueError(f"score must be 'dot' or 'cosine'; got {score!r}")
+  # [B, T, N, H] -> [B, T, K, G, H]: query head n = k * G + g reads key/value head k.
+  q_BTKGH = jnp.reshape(query, (batch, q_len, num_kv_heads, num_heads // num_kv_heads, head_dim))
+  logits_dtype = jnp.promote_types(query.dtype, jnp.float32)
+  # [B, T, K, G, H] x [B, S, K, H] -> [B, K, G, T, S]
+  logits = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, key, preferred_element_type=logits_dtype)
+  return logits * jnp.asarray(scale, logits_dtype)
+
+
+def kv_seen(mask: Array | None) -> Array | None:
+  """[B|1, S] (or None): True where at least one query of some head may attend the kv position."""
+  return None if mask is None else jnp.any(mask, axis=(1, 2))
+
+
+def xla_weights(
+    query: Array, key: Array, bias: Array | None, mask: Array | None, *, scale: float,
+    score: str = "dot") -> Array:
+  """Attention weights [B, K, G, T, S] (float32), fully masked rows all zero."""
+  seen_BS11 = None if mask is None else kv_seen(mask)[:, :, None, None]
+  if seen_BS11 is not None:
+    key = jnp.where(seen_BS11, key, jnp.zeros((), key.dtype))  # see `attend`: where, not multiply
+  num_kv_heads = key.shape[2]
+  logits = xla_logits(query, key, scale=scale, score=score)
+  if bias is not None:
+    logits = logits + _grouped(bias, num_kv_heads).astype(logits.dtype)
+  return masked_softmax(logits, _grouped(mask, num_kv_heads))
+
+
+def xla_attention(
+    query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None, *,
+    scale: float, score: str = "dot",
+) -> Array:
+  """query [B, T, N, H], key/value [B, S, K, H]; bias/mask [B|1, N|1, T|1, S|1] -> [B, T, N, H]."""
+  batch, q_len, num_heads, _ = query.shape
+  weights = xla_weights(query, key, bias, mask, scale=scale, score=score)  # [B, K, G, T, S]
+  if mask is not None:
+    value = jnp.where(kv_seen(mask)[:, :, None, None], value, jnp.zeros((), value.dtype))
+  # [B, K, G, T, S] x [B, S, K, H] -> [B, T, K, G, H]
+  out = jnp.einsum("bkgts,bskh->btkgh", weights.astype(value.dtype), value)
+  return jnp.reshape(out, (batch, q_len, num_heads, value.shape[-1])).astype(query.dtype)

@@ -1,0 +1,132 @@
+"""Score functions: the first step of attention, for one head.
+
+Every score shares one calling convention so that any of them plugs into the same pipeline
+(`attend`, the vmapped multi-head path, the chunked kernel, the modules)::
+
+    score_fn(query: [q_len, key_dim], key: [kv_len, key_dim], params) -> logits [q_len, kv_len]
+
+`params` is a pytree of weights (`None` for the parameter-free scores). Static settings such as a
+scale are bound with keyword arguments (``functools.partial(scaled_dot, scale=0.5)``), so the
+pipeline only ever passes ``(query, key, params)``.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+ScoreFn = Callable[[Array, Array, Any], Array]
+
+
+def _check_pair(query: Array, key: Array, same_dim: bool = True) -> None:
+  if query.ndim != 2 or key.ndim != 2:
+    raise ValueError(
+        "score functions take one head: query [q_len, key_dim] and key [kv_len, key_dim]; "
+        f"got query {query.shape} and key {key.shape}")
+  if same_dim and query.shape[-1] != key.shape[-1]:
+    raise ValueError(
+        f"query and key must share key_dim: got query {query.shape} and key {key.shape}")
+
+
+def dot(query: Array, key: Array, params: Any = None) -> Array:
+  """Plain dot product ``q . k`` (Luong et al. 2015, "dot").
+
+  query: [q_len, key_dim], key: [kv_len, key_dim] -> logits [q_len, kv_len].
+  """
+  del params
+  _check_pair(query, key)
+  # [q_len, key_dim] x [kv_len, key_dim] -> [q_len, kv_len]
+  return jnp.einsum("td,sd->ts", query, key, preferred_element_type=_logits_dtype(query))
+
+
+def scaled_dot(query: Array, key: Array, params: Any = None, *, scale: float | None = None) -> Array:
+  """Scaled dot product ``scale * q . k`` with ``scale = 1/sqrt(key_dim)`` by default.
+
+  Vaswani et al. 2017: the scale keeps the logits' variance near 1 for unit-variance inputs.
+  query: [q_len, key_dim], key: [kv_len, key_dim] -> logits [q_len, kv_len].
+  """
+  if scale is None:
+    scale = query.shape[-1] ** -0.5
+  return dot(query, key) * jnp.asarray(scale, _logits_dtype(query))
+
+
+def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
+  """``x / max(|x|, eps)`` along ``axis``, computed in float32 for low-precision inputs."""
+  x32 = x.astype(_logits_dtype(x))
+  norm_sq = jnp.sum(x32 * x32, axis=axis, keepdims=True)
+  # rsqrt(max(., eps^2)) rather than x / |x|: finite value and gradient at x = 0.
+  return x32 * jax.lax.rsqrt(jnp.maximum(norm_sq, eps * eps))
+
+
+def cosine(
+    query: Array, key: Array, params: Any = None, *, scale: float | None = None,
+    eps: float = 1e-6) -> Array:
+  """Cosine similarity times an inverse temperature: logits in ``[-scale, scale]``.
+
+  ``scale`` defaults to ``sqrt(key_dim)``: for unit-variance vectors that is the typical size of
+  the scaled dot product's logits, so switching score keeps the softmax equally sharp.
+  query: [q_len, key_dim], key: [kv_len, key_dim] -> logits [q_len, kv_len].
+  """
+  del params
+  _check_pair(query, key)
+  if scale is None:
+    scale = query.shape[-1] ** 0.5
+  q = l2_normalize(query, eps=eps)
+  k = l2_normalize(key, eps=eps)
+  return jnp.einsum("td,sd->ts", q, k) * jnp.asarray(scale, q.dtype)
+
+
+def additive(query: Array, key: Array, params: dict) -> Array:
+  """Additive attention ``v . tanh(W_q q + W_k k)`` (Bahdanau, Cho & Bengio 2015).
+
+  query: [q_len, query_dim], key: [kv_len, key_dim];
+  params: ``w_query [query_dim, hidden]``, ``w_key [key_dim, hidden]``, ``v [hidden]``
+  -> logits [q_len, kv_len]. Holds a [q_len, kv_len, hidden] intermediate.
+  """
+  _check_pair(query, key, same_dim=False)
+  dtype = _logits_dtype(query)
+  q_TA = query.astype(dtype) @ params["w_query"].astype(dtype)  # [q_len, hidden]
+  k_SA = key.astype(dtype) @ params["w_key"].astype(dtype)  # [kv_len, hidden]
+  hidden_TSA = jnp.tanh(q_TA[:, None, :] + k_SA[None, :, :])  # [q_len, kv_len, hidden]
+  return hidden_TSA @ params["v"].astype(dtype)  # [q_len, kv_len]
+
+
+def bilinear(query: Array, key: Array, params: dict) -> Array:
+  """Bilinear ("general") score ``q^T W k`` (Luong, Pham & Manning 2015).
+
+  query: [q_len, query_dim], key: [kv_len, key_dim]; params: ``w [query_dim, key_dim]``
+  -> logits [q_len, kv_len].
+  """
+  _check_pair(query, key, same_dim=False)
+  w = params["w"]
+  if w.shape != (query.shape[-1], key.shape[-1]):
+    raise ValueError(
+        f"bilinear weight must be [query_dim, key_dim] = {(query.shape[-1], key.shape[-1])}; "
+        f"got {w.shape}")
+  dtype = _logits_dtype(query)
+  # [q_len, query_dim] x [query_dim, key_dim] x [kv_len, key_dim] -> [q_len, kv_len]
+  return jnp.einsum("td,de,se->ts", query.astype(dtype), w.astype(dtype), key.astype(dtype))
+
+
+def _logits_dtype(x: Array):
+  # Logits are formed in at least float32: bf16 logits lose the differences the softmax needs.
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
+SCORES: dict[str, ScoreFn] = {
+    "dot": dot,
+    "scaled_dot": scaled_dot,
+    "cosine": cosine,
+    "additive": additive,
+    "bilinear": bilinear,
+}
+
+
+def get_score(name: str) -> ScoreFn:
+  """Look a score function up by name; raises ValueError listing the known names."""
+  try:
+    return SCORES[name]
+  except KeyError:
+    raise ValueError(f"unknown score {name!r}; expected one of {sorted(SCORES)}") from None
