@@ -4,7 +4,7 @@
 ml_collections, orbax, matplotlib, tqdm) is imported by `attn_jax.training` and `experiments`.
 """
 
-from attn_jax import core
+from attn_jax import core, nn
 from attn_jax.attention import (
     IMPLEMENTATIONS,
     attention_weights,
@@ -15,6 +15,6 @@ from attn_jax.attention import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "IMPLEMENTATIONS", "attention_weights", "core", "dot_product_attention",
+    "IMPLEMENTATIONS", "attention_weights", "core", "dot_product_attention", "nn",
     "select_implementation",
 ]

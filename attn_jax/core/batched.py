@@ -10,6 +10,7 @@ sequence lengths) folded into one boolean ``mask`` broadcastable to [batch, num_
 """
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,17 +39,23 @@ def _batch_axis(x: Array | None) -> tuple[Array | None, int | None]:
 
 def reference_attention(
     query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None, *,
-    scale: float, score: str = "dot", return_weights: bool = False,
+    scale: float | None = None, score: str = "dot", score_fn: scores.ScoreFn | None = None,
+    params: Any = None, params_per_head: bool = False, return_weights: bool = False,
 ) -> Array | tuple[Array, Array]:
-  """query [B, T, N, H], key/value [B, S, K, H]; bias/mask [B|1, N|1, T|1, S|1] -> [B, T, N, H].
+  """The single-head `attend`, vmapped over heads and batch.
 
-  With ``return_weights`` also returns the weights [B, N, T, S].
+  query [B, T, N, H], key/value [B, S, K, H]; bias/mask [B|1, N|1, T|1, S|1] -> [B, T, N, H], and
+  with ``return_weights`` also the weights [B, N, T, S]. ``score_fn`` (with ``params``, shared or
+  per head, see `multi_head_attend`) overrides the named ``score`` with ``scale``; it is how the
+  parameterised scores (additive, bilinear) run over a batch.
   """
-  fn = functools.partial(multi_head_attend, score_fn=score_fn_for(score, scale),
+  if score_fn is None:
+    score_fn = score_fn_for(score, query.shape[-1] ** -0.5 if scale is None else scale)
+  fn = functools.partial(multi_head_attend, score_fn=score_fn, params_per_head=params_per_head,
                          return_weights=return_weights)
   bias, bias_axis = _batch_axis(bias)
   mask, mask_axis = _batch_axis(mask)
-  batched = jax.vmap(lambda q, k, v, b, m: fn(q, k, v, bias=b, mask=m),
+  batched = jax.vmap(lambda q, k, v, b, m: fn(q, k, v, params=params, bias=b, mask=m),
                      in_axes=(0, 0, 0, bias_axis, mask_axis))
   return batched(query, key, value, bias, mask)
 
