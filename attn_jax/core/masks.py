@@ -1,0 +1,173 @@
+"""Boolean attention masks: True = may attend.
+
+Every mask here is laid out like the ``mask`` argument of ``jax.nn.dot_product_attention``:
+broadcastable to ``[batch, num_heads, q_len, kv_len]``. Masks that do not depend on the example
+have a leading ``[1, 1, ...]``; masks that do (padding, segments) are ``[batch, 1, q_len, kv_len]``.
+Combine them with ``and_masks`` / ``or_masks``, which broadcast and skip ``None``.
+
+All functions are pure and jit-compatible: sizes (``q_len``, ``kv_len``, ``window``) are static
+Python ints, while lengths and segment ids may be traced arrays.
+"""
+
+import functools
+import operator
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _static_size(value, name: str) -> int:
+  """A non-negative Python int; sizes fix array shapes, so they cannot be traced."""
+  try:
+    size = operator.index(value)
+  except TypeError as e:
+    raise ValueError(f"{name} must be a static non-negative int, got {value!r}") from e
+  if size < 0:
+    raise ValueError(f"{name} must be a non-negative int, got {size}")
+  return size
+
+
+def make_causal_mask(q_len: int, kv_len: int | None = None) -> Array:
+  """Causal mask, top-left aligned: query i sees keys j <= i.
+
+  The same mask ``jax.nn.dot_product_attention(..., is_causal=True)`` builds,
+  ``tril(ones((q_len, kv_len)))``. With ``kv_len > q_len`` the extra keys at the end are never
+  visible; with ``kv_len < q_len`` the last queries see every key.
+
+  Returns: bool [1, 1, q_len, kv_len] (``kv_len`` defaults to ``q_len``).
+  """
+  q_len = _static_size(q_len, "q_len")
+  kv_len = q_len if kv_len is None else _static_size(kv_len, "kv_len")
+  mask = jnp.tril(jnp.ones((q_len, kv_len), dtype=bool))  # [q_len, kv_len]
+  return mask[None, None]
+
+
+def _check_lengths(lengths, name: str) -> Array:
+  lengths = jnp.asarray(lengths)
+  if lengths.ndim != 1:
+    raise ValueError(f"{name} must be [batch], got shape {lengths.shape}")
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise ValueError(f"{name} must hold integers, got dtype {lengths.dtype}")
+  return lengths
+
+
+def make_padding_mask(
+    q_len: int,
+    kv_len: int,
+    query_seq_lengths: Array | None = None,
+    key_value_seq_lengths: Array | None = None,
+) -> Array:
+  """Padding mask from per-example lengths, as jax.nn's ``*_seq_lengths`` arguments.
+
+  Query t of example b may attend key s iff ``t < query_seq_lengths[b]`` and
+  ``s < key_value_seq_lengths[b]``; a missing length means "no padding on that side". A padded
+  query row is therefore fully masked (the attention core turns it into zeros).
+
+  q_len, kv_len: static ints. query_seq_lengths, key_value_seq_lengths: int [batch] or None.
+  Returns: bool [batch, 1, q_len, kv_len]; [1, 1, q_len, kv_len] (all True) if both are None.
+  """
+  q_len = _static_size(q_len, "q_len")
+  kv_len = _static_size(kv_len, "kv_len")
+  q_valid = jnp.ones((1, q_len), dtype=bool)  # [batch, q_len]
+  kv_valid = jnp.ones((1, kv_len), dtype=bool)  # [batch, kv_len]
+  if query_seq_lengths is not None:
+    query_seq_lengths = _check_lengths(query_seq_lengths, "query_seq_lengths")
+    q_valid = jnp.arange(q_len)[None, :] < query_seq_lengths[:, None]
+  if key_value_seq_lengths is not None:
+    key_value_seq_lengths = _check_lengths(key_value_seq_lengths, "key_value_seq_lengths")
+    kv_valid = jnp.arange(kv_len)[None, :] < key_value_seq_lengths[:, None]
+  if query_seq_lengths is not None and key_value_seq_lengths is not None and (
+      query_seq_lengths.shape != key_value_seq_lengths.shape):
+    raise ValueError(
+        "query_seq_lengths and key_value_seq_lengths must share [batch]: got "
+        f"{query_seq_lengths.shape} and {key_value_seq_lengths.shape}")
+  # [batch, q_len, 1] & [batch, 1, kv_len] -> [batch, q_len, kv_len]
+  mask = q_valid[:, :, None] & kv_valid[:, None, :]
+  return mask[:, None]
+
+
+def make_segment_mask(query_segment_ids: Array, key_segment_ids: Array | None = None) -> Array:
+  """Mask for packed sequences: attend only to keys carrying the query's segment id.
+
+  query_segment_ids: int [batch, q_len]; key_segment_ids: int [batch, kv_len], defaulting to the
+  query's ids (self-attention). Padding is not special: if padding carries an id of its own
+  (commonly 0), padding attends to padding; combine with a padding mask to exclude it.
+  Returns: bool [batch, 1, q_len, kv_len].
+  """
+  query_segment_ids = jnp.asarray(query_segment_ids)
+  key_segment_ids = (
+      query_segment_ids if key_segment_ids is None else jnp.asarray(key_segment_ids))
+  if query_segment_ids.ndim != 2:
+    raise ValueError(
+        f"query_segment_ids must be [batch, q_len], got shape {query_segment_ids.shape}")
+  if key_segment_ids.ndim != 2:
+    raise ValueError(
+        f"key_segment_ids must be [batch, kv_len], got shape {key_segment_ids.shape}")
+  if query_segment_ids.shape[0] != key_segment_ids.shape[0]:
+    raise ValueError(
+        "segment ids must share the batch size: got query_segment_ids "
+        f"{query_segment_ids.shape} and key_segment_ids {key_segment_ids.shape}")
+  # [batch, q_len, 1] == [batch, 1, kv_len] -> [batch, q_len, kv_len]
+  mask = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
+  return mask[:, None]
+
+
+def make_local_mask(q_len: int, kv_len: int, window: int | tuple[int, int]) -> Array:
+  """Sliding-window mask, as jax.nn's ``local_window_size``.
+
+  Query i sees keys j with ``i - left <= j <= i + right``, where ``window`` is ``(left, right)``
+  or one int used for both sides. ``(left, 0)`` is causal sliding-window attention (each query sees
+  itself and the ``left`` keys before it).
+
+  q_len, kv_len: static ints; window: static int or (int, int), each >= 0.
+  Returns: bool [1, 1, q_len, kv_len].
+  """
+  q_len = _static_size(q_len, "q_len")
+  kv_len = _static_size(kv_len, "kv_len")
+  if isinstance(window, tuple | list):
+    if len(window) != 2:
+      raise ValueError(f"window must be an int or (left, right), got {window!r}")
+    left, right = window
+  else:
+    left = right = window
+  left = _static_size(left, "window (left)")
+  right = _static_size(right, "window (right)")
+  query_pos = jnp.arange(q_len)[:, None]  # [q_len, 1]
+  key_pos = jnp.arange(kv_len)[None, :]  # [1, kv_len]
+  mask = (key_pos >= query_pos - left) & (key_pos <= query_pos + right)  # [q_len, kv_len]
+  return mask[None, None]
+
+
+def _combine(op, masks: tuple, name: str) -> Array | None:
+  present = [jnp.asarray(m) for m in masks if m is not None]
+  if not present:
+    return None
+  for m in present:
+    if m.dtype != jnp.bool_:
+      raise ValueError(f"{name} takes boolean masks, got dtype {m.dtype} (shape {m.shape})")
+  shapes = [m.shape for m in present]
+  try:
+    jnp.broadcast_shapes(*shapes)
+  except ValueError as e:
+    raise ValueError(f"{name}: mask shapes {shapes} do not broadcast together") from e
+  return functools.reduce(op, present)
+
+
+def and_masks(*masks: Array | None) -> Array | None:
+  """Positions allowed by every mask (``None`` entries are skipped).
+
+  masks: bool arrays broadcastable together, e.g. [1, 1, T, S] and [B, 1, T, S].
+  Returns: their broadcast logical AND, or None when no mask is given.
+  """
+  return _combine(jnp.logical_and, masks, "and_masks")
+
+
+def or_masks(*masks: Array | None) -> Array | None:
+  """Positions allowed by any mask (``None`` entries are skipped).
+
+  masks: bool arrays broadcastable together, e.g. [1, 1, T, S] and [B, 1, T, S].
+  Returns: their broadcast logical OR, or None when no mask is given.
+  """
+  return _combine(jnp.logical_or, masks, "or_masks")
