@@ -1,0 +1,120 @@
+"""MultiHeadAttention: parity with flax.nnx, shapes, masks, scores, positions, dropout."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from attn_jax.nn import MultiHeadAttention
+
+
+def _inputs(*shape, seed=0):
+  return jax.random.normal(jax.random.key(seed), shape)
+
+
+def _copy_from_flax(flax_mha: nnx.MultiHeadAttention, ours: MultiHeadAttention) -> None:
+  """Load flax's separate q/k/v/out weights into our fused [D, N + 2K, H] kernel."""
+  kernels = [flax_mha.query.kernel[...], flax_mha.key.kernel[...], flax_mha.value.kernel[...]]
+  biases = [flax_mha.query.bias[...], flax_mha.key.bias[...], flax_mha.value.bias[...]]
+  ours.qkv_kernel[...] = jnp.concatenate(kernels, axis=1)
+  ours.qkv_bias[...] = jnp.concatenate(biases, axis=0)
+  ours.out_kernel[...] = flax_mha.out.kernel[...]
+  ours.out_bias[...] = flax_mha.out.bias[...]
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_matches_flax_nnx_multi_head_attention(cross, causal):
+  flax_mha = nnx.MultiHeadAttention(num_heads=4, in_features=16, decode=False,
+                                    rngs=nnx.Rngs(0))
+  ours = MultiHeadAttention(num_heads=4, in_features=16, rngs=nnx.Rngs(1))
+  _copy_from_flax(flax_mha, ours)
+  x = _inputs(2, 6, 16)
+  y = _inputs(2, 6, 16, seed=1) if cross else None
+  mask = jnp.tril(jnp.ones((6, 6), bool))[None, None] if causal else None
+  expected = flax_mha(x, y, mask=mask)
+  np.testing.assert_allclose(ours(x, y, is_causal=causal), expected, atol=1e-5)
+  np.testing.assert_allclose(ours(x, y, mask=mask), expected, atol=1e-5)
+  out, weights = ours(x, y, mask=mask, return_weights=True)
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+  assert weights.shape == (2, 4, 6, 6)
+  np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+
+
+def test_shapes_cross_attention_and_grouped_heads():
+  mha = MultiHeadAttention(num_heads=4, num_kv_heads=2, in_features=16, out_features=8,
+                           rngs=nnx.Rngs(0))
+  out, weights = mha(_inputs(3, 5, 16), _inputs(3, 7, 16, seed=1), return_weights=True)
+  assert out.shape == (3, 5, 8) and weights.shape == (3, 4, 5, 7)
+  # Parameter count: fused qkv [16, 4 + 2*2, 4] + bias [8, 4] + out [4, 4, 8] + bias [8].
+  n_params = sum(x.size for x in jax.tree.leaves(nnx.state(mha, nnx.Param)))
+  assert n_params == 16 * 8 * 4 + 8 * 4 + 4 * 4 * 8 + 8
+
+
+@pytest.mark.parametrize(("score", "positional"), [
+    ("dot", "none"), ("cosine", "none"), ("additive", "none"), ("bilinear", "none"),
+    ("dot", "rope"), ("dot", "alibi"), ("dot", "relative"), ("additive", "rope"),
+])
+def test_scores_and_positions_causal_by_gradient(score, positional):
+  """No gradient flows from positions j > i into output i under a causal mask."""
+  mha = MultiHeadAttention(num_heads=2, in_features=8, score=score, positional=positional,
+                           rngs=nnx.Rngs(0))
+  x = _inputs(1, 6, 8)
+  i = 2
+  grad = jax.grad(lambda x: mha(x, is_causal=True)[0, i].sum())(x)
+  assert np.all(np.isfinite(grad))
+  assert np.all(grad[0, i + 1:] == 0.0)
+  assert np.any(grad[0, :i + 1] != 0.0)
+  # The fast path and the explicit-weights path agree.
+  np.testing.assert_allclose(mha(x, is_causal=True), mha(x, is_causal=True,
+                                                          return_weights=True)[0], atol=1e-5)
+
+
+def test_bilinear_starts_as_scaled_dot():
+  """The bilinear score's identity initialisation makes it equal the scaled dot product."""
+  dot = MultiHeadAttention(num_heads=2, in_features=8, score="dot", rngs=nnx.Rngs(0))
+  bil = MultiHeadAttention(num_heads=2, in_features=8, score="bilinear", rngs=nnx.Rngs(0))
+  x = _inputs(2, 5, 8)
+  np.testing.assert_allclose(bil(x), dot(x), atol=1e-5)
+
+
+def test_rope_is_relative():
+  """With RoPE and no content, shifting every position by the same offset changes nothing."""
+  mha = MultiHeadAttention(num_heads=2, in_features=8, positional="rope", rngs=nnx.Rngs(0))
+  x = _inputs(1, 5, 8)
+  positions = jnp.arange(5)[None]
+  np.testing.assert_allclose(mha(x, query_positions=positions),
+                             mha(x, query_positions=positions + 7), atol=1e-5)
+
+
+def test_dropout_active_in_train_inactive_in_eval():
+  mha = MultiHeadAttention(num_heads=2, in_features=8, dropout_rate=0.5, rngs=nnx.Rngs(0))
+  x = _inputs(2, 5, 8)
+  train_a, train_b = mha(x), mha(x)
+  assert not np.allclose(train_a, train_b)  # fresh dropout masks each call
+  mha.eval()
+  np.testing.assert_array_equal(mha(x), mha(x))
+  no_dropout = MultiHeadAttention(num_heads=2, in_features=8, rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(mha(x), no_dropout(x), atol=1e-6)
+
+
+def test_fully_masked_query_rows_are_bias_only():
+  mha = MultiHeadAttention(num_heads=2, in_features=8, rngs=nnx.Rngs(0))
+  x = _inputs(1, 4, 8)
+  mask = jnp.ones((1, 1, 4, 4), bool).at[:, :, 1].set(False)
+  out = mha(x, mask=mask)
+  # A fully masked row attends to nothing: its output is the output projection's bias alone.
+  np.testing.assert_allclose(out[0, 1], mha.out_bias[...], atol=1e-6)
+
+
+def test_bad_arguments_raise():
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    MultiHeadAttention(num_heads=4, num_kv_heads=3, in_features=16, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="in_features"):
+    MultiHeadAttention(num_heads=3, in_features=16, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="score"):
+    MultiHeadAttention(num_heads=2, in_features=16, score="nope", rngs=nnx.Rngs(0))
+  mha = MultiHeadAttention(num_heads=2, in_features=8, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"\(5, 8\)"):
+    mha(jnp.zeros((5, 8)))
