@@ -199,7 +199,8 @@ def dot_product_attention(
     from attn_jax.core import chunked  # noqa: PLC0415
 
     out = chunked.chunked_attention(
-        query, key, value, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
+        query, key, value, bias=bias, mask=mask, scale=scale if score == "dot" else None,
+        is_causal=is_causal,
         query_seq_lengths=q_lengths, key_value_seq_lengths=kv_lengths, local_window_size=window,
         score_fn=None if score == "dot" else batched.score_fn_for(score, scale))
   else:

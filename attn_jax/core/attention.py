@@ -58,6 +58,8 @@ def attend(
     seen_S1 = jnp.any(mask, axis=0)[:, None]
     key = jnp.where(seen_S1, key, jnp.zeros((), key.dtype))
     value = jnp.where(seen_S1, value, jnp.zeros((), value.dtype))
+    # Likewise a query row that may see nothing (query padding) must not reach the keys' gradient.
+    query = jnp.where(jnp.any(mask, axis=1)[:, None], query, jnp.zeros((), query.dtype))
   logits = score_fn(query, key, params)  # [q_len, kv_len], float32 or wider
   if bias is not None:
     logits = logits + bias.astype(logits.dtype)

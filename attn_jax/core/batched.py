@@ -98,6 +98,8 @@ def xla_weights(
   seen_BS11 = None if mask is None else kv_seen(mask)[:, :, None, None]
   if seen_BS11 is not None:
     key = jnp.where(seen_BS11, key, jnp.zeros((), key.dtype))  # see `attend`: where, not multiply
+    rows_BT11 = jnp.any(mask, axis=(1, 3))[:, :, None, None]  # query rows that may see a key
+    query = jnp.where(rows_BT11, query, jnp.zeros((), query.dtype))
   num_kv_heads = key.shape[2]
   logits = xla_logits(query, key, scale=scale, score=score)
   if bias is not None:

@@ -69,8 +69,10 @@ class MultiHeadAttention(nnx.Module):
     # it as a single matmul; cross-attention slices it (queries from one input, kv from another).
     self.qkv_kernel = nnx.Param(_kernel_init(0, (1, 2))(
         key(), (in_features, num_heads + 2 * num_kv_heads, head_dim)))
-    self.qkv_bias = nnx.Param(jnp.zeros((num_heads + 2 * num_kv_heads, head_dim))) \
-        if use_bias else None
+    # Biases for queries and values only: a key bias adds q . b_k to every logit of a row, which
+    # the softmax ignores; its gradient is rounding noise that Adam would blow up to full steps.
+    self.query_bias = nnx.Param(jnp.zeros((num_heads, head_dim))) if use_bias else None
+    self.value_bias = nnx.Param(jnp.zeros((num_kv_heads, head_dim))) if use_bias else None
     self.out_kernel = nnx.Param(_kernel_init((0, 1), 2)(key(), (num_heads, head_dim,
                                                                  out_features)))
     self.out_bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
@@ -91,18 +93,20 @@ class MultiHeadAttention(nnx.Module):
     self.attn_dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 
   def _project(self, inputs_q: Array, inputs_kv: Array | None):
+    """-> query [B, T, N, H], key [B, S, K, H], value [B, S, K, H]."""
     n, k = self.num_heads, self.num_kv_heads
-    w, b = self.qkv_kernel[...], None if self.qkv_bias is None else self.qkv_bias[...]
+    w = self.qkv_kernel[...]
     if inputs_kv is None:
       qkv_BTPH = jnp.einsum("btd,dph->btph", inputs_q, w.astype(inputs_q.dtype))  # P = N + 2K
-      if b is not None:
-        qkv_BTPH = qkv_BTPH + b.astype(qkv_BTPH.dtype)
-      return qkv_BTPH[:, :, :n], qkv_BTPH[:, :, n:n + k], qkv_BTPH[:, :, n + k:]
-    q_BTNH = jnp.einsum("btd,dnh->btnh", inputs_q, w[:, :n].astype(inputs_q.dtype))
-    kv_BSPH = jnp.einsum("bsd,dph->bsph", inputs_kv, w[:, n:].astype(inputs_kv.dtype))
-    if b is not None:
-      q_BTNH, kv_BSPH = q_BTNH + b[:n].astype(q_BTNH.dtype), kv_BSPH + b[n:].astype(kv_BSPH.dtype)
-    return q_BTNH, kv_BSPH[:, :, :k], kv_BSPH[:, :, k:]
+      query, key, value = qkv_BTPH[:, :, :n], qkv_BTPH[:, :, n:n + k], qkv_BTPH[:, :, n + k:]
+    else:
+      query = jnp.einsum("btd,dnh->btnh", inputs_q, w[:, :n].astype(inputs_q.dtype))
+      kv_BSPH = jnp.einsum("bsd,dph->bsph", inputs_kv, w[:, n:].astype(inputs_kv.dtype))
+      key, value = kv_BSPH[:, :, :k], kv_BSPH[:, :, k:]
+    if self.query_bias is not None:
+      query = query + self.query_bias[...].astype(query.dtype)
+      value = value + self.value_bias[...].astype(value.dtype)
+    return query, key, value
 
   def __call__(
       self, inputs_q: Array, inputs_kv: Array | None = None, *, mask: Array | None = None,

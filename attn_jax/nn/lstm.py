@@ -1,8 +1,15 @@
 """Recurrent baselines: a stacked LSTM, and an LSTM whose outputs attend over its own past states.
 
-`LSTMLayer` is written for speed on long sequences: all timesteps' input projections happen in one
-matmul before the scan, and the four gates are one fused [hidden, 4 * hidden] matmul per step, so
-the sequential part of the computation is as small as it can be.
+Written for speed on long sequences (issue 4):
+
+- time-major inside ([L, B, ...]): the scan walks the leading axis, so no per-step transposes;
+- all timesteps' input projections happen in one matmul before the recurrence, and the four gates
+  are one fused [hidden, 4 * hidden] matmul per step;
+- `lstm_recurrence` has a hand-written backward pass: the per-step work is one elementwise
+  fusion and one matmul, and the recurrent kernel's gradient is a single [L * B]-deep matmul
+  after the loop instead of L small accumulations; its buffers are updated in place;
+- `LSTMBaseline` folds the first layer's input projection into the embedding table when the
+  vocabulary is small next to the number of tokens (see `LSTMBaseline`).
 """
 
 import functools
@@ -10,18 +17,108 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from attn_jax.core import batched, scores
 
 Array = jax.Array
 
 
+def _gates(z_BG: Array, hidden: int):
+  """Pre-activations [B, 4H] (input, forget, cell, output) -> the four activations [B, H]."""
+  return (jax.nn.sigmoid(z_BG[:, :hidden]), jax.nn.sigmoid(z_BG[:, hidden:2 * hidden]),
+          jnp.tanh(z_BG[:, 2 * hidden:3 * hidden]), jax.nn.sigmoid(z_BG[:, 3 * hidden:]))
+
+
+def _recurrence(gates_in_LBG: Array, recurrent_HG: Array, save: bool):
+  """The forward loop; with ``save`` also the residuals of the backward pass."""
+  seq_len, batch, four_h = gates_in_LBG.shape
+  hidden = four_h // 4
+  dtype = gates_in_LBG.dtype
+  if seq_len == 0:
+    empty_LBH = jnp.zeros((0, batch, hidden), dtype)
+    return empty_LBH, (empty_LBH, empty_LBH, gates_in_LBG, recurrent_HG)
+
+  def step(t, carry):
+    h_BH, c_BH, buf_LBG, h_LBH, c_prev_LBH = carry
+    i, f, g, o = _gates(buf_LBG[t] + h_BH @ recurrent_HG, hidden)
+    if save:  # c_{t-1}, and the activations over step t's slot of the (dead) input gates
+      c_prev_LBH = lax.dynamic_update_index_in_dim(c_prev_LBH, c_BH, t, 0)
+      buf_LBG = lax.dynamic_update_index_in_dim(buf_LBG, jnp.concatenate([i, f, g, o], -1), t, 0)
+    c_BH = f * c_BH + i * g
+    h_BH = o * jnp.tanh(c_BH)
+    return h_BH, c_BH, buf_LBG, lax.dynamic_update_index_in_dim(h_LBH, h_BH, t, 0), c_prev_LBH
+
+  zeros_BH = jnp.zeros((batch, hidden), dtype)
+  zeros_LBH = jnp.zeros((seq_len, batch, hidden), dtype)
+  # fori_loop with explicit buffers rather than scan's stacked outputs: XLA updates them in place,
+  # where scan would allocate (and zero) fresh [L, B, 4H] buffers.
+  _, _, acts_LBG, h_LBH, c_prev_LBH = lax.fori_loop(
+      0, seq_len, step, (zeros_BH, zeros_BH, gates_in_LBG, zeros_LBH,
+                         zeros_LBH if save else None))
+  return h_LBH, (h_LBH, c_prev_LBH, acts_LBG, recurrent_HG)
+
+
+@jax.custom_vjp
+def lstm_recurrence(gates_in_LBG: Array, recurrent_HG: Array) -> Array:
+  """The LSTM recurrence from a zero state, given every step's input contribution.
+
+  gates_in: [L, B, 4H] (x_t W_in + b, gates ordered input, forget, cell, output);
+  recurrent: [H, 4H]. Returns the hidden states [L, B, H]. Equal to a `lax.scan` of the cell;
+  its VJP is hand-written (forward-mode differentiation is not supported).
+  """
+  return _recurrence(gates_in_LBG, recurrent_HG, save=False)[0]
+
+
+def _recurrence_fwd(gates_in_LBG, recurrent_HG):
+  return _recurrence(gates_in_LBG, recurrent_HG, save=True)
+
+
+def _recurrence_bwd(residuals, dh_LBH):
+  h_LBH, c_prev_LBH, acts_LBG, recurrent_HG = residuals
+  seq_len, batch, hidden = h_LBH.shape
+  if seq_len == 0:
+    return jnp.zeros_like(acts_LBG), jnp.zeros_like(recurrent_HG)
+
+  def step(k, carry):
+    t = seq_len - 1 - k
+    dh_next_BH, dc_next_BH, dz_next_BG, buf_LBG = carry
+    # Write step t+1's gate gradient first, into the slot the previous iteration read, then read
+    # slot t: every read of the buffer follows its write, so XLA updates it in place (reading
+    # first makes it copy all [L, B, 4H] of it every step).
+    buf_LBG = lax.dynamic_update_index_in_dim(buf_LBG, dz_next_BG, jnp.minimum(t + 1, seq_len - 1),
+                                              0)
+    acts_BG = buf_LBG[t]
+    i, f, g, o = (acts_BG[:, j * hidden:(j + 1) * hidden] for j in range(4))
+    c_prev_BH = c_prev_LBH[t]
+    tanh_c_BH = jnp.tanh(f * c_prev_BH + i * g)
+    dh_BH = dh_LBH[t] + dh_next_BH
+    dc_BH = dc_next_BH + dh_BH * o * (1 - tanh_c_BH * tanh_c_BH)
+    # d(pre-activation) of each gate: sigmoid' = s (1 - s), tanh' = 1 - t^2.
+    dz_BG = jnp.concatenate([dc_BH * g * i * (1 - i), dc_BH * c_prev_BH * f * (1 - f),
+                             dc_BH * i * (1 - g * g), dh_BH * tanh_c_BH * o * (1 - o)], -1)
+    return dz_BG @ recurrent_HG.T, dc_BH * f, dz_BG, buf_LBG
+
+  zeros_BH = jnp.zeros((batch, hidden), h_LBH.dtype)
+  # The gate gradients overwrite the saved activations slot by slot (last step first).
+  _, _, dz_first_BG, buf_LBG = lax.fori_loop(
+      0, seq_len, step, (zeros_BH, zeros_BH, acts_LBG[seq_len - 1], acts_LBG))
+  dz_LBG = lax.dynamic_update_index_in_dim(buf_LBG, dz_first_BG, 0, 0)
+  h_prev_LBH = jnp.concatenate([jnp.zeros_like(h_LBH[:1]), h_LBH[:-1]], axis=0)
+  # One [L * B]-deep matmul for the recurrent kernel: sum_t h_{t-1}^T dz_t -> [H, 4H].
+  d_recurrent_HG = jnp.einsum("lbh,lbg->hg", h_prev_LBH, dz_LBG)
+  return dz_LBG, d_recurrent_HG
+
+
+lstm_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
 class LSTMLayer(nnx.Module):
   """One LSTM layer over a whole sequence (Hochreiter & Schmidhuber 1997, with a forget gate).
 
-  [B, L, in_features] -> outputs [B, L, hidden_size]. Gates are ordered (input, forget, cell,
-  output); the forget gate's bias starts at 1 (Jozefowicz et al. 2015) so memories persist early
-  in training.
+  [B, L, in_features] -> outputs [B, L, hidden_size] (or [L, B, ...] with ``time_major``). Gates
+  are ordered (input, forget, cell, output); the forget gate's bias starts at 1 (Jozefowicz et
+  al. 2015) so memories persist early in training.
   """
 
   def __init__(self, in_features: int, hidden_size: int, *, rngs: nnx.Rngs):
@@ -32,49 +129,67 @@ class LSTMLayer(nnx.Module):
         nnx.initializers.orthogonal()(rngs.params(), (hidden_size, 4 * hidden_size)))
     self.bias = nnx.Param(jnp.zeros((4 * hidden_size,)).at[hidden_size:2 * hidden_size].set(1.0))
 
-  def __call__(self, x: Array) -> Array:
-    """x: [B, L, in_features] -> hidden states [B, L, hidden_size] (zero initial state)."""
-    batch = x.shape[0]
-    # One matmul for every timestep's input contribution: [B, L, D] x [D, 4H] -> [L, B, 4H].
-    gates_in_LBG = jnp.einsum("bld,dg->lbg", x, self.input_kernel[...]) + self.bias[...]
-    recurrent = self.recurrent_kernel[...]
+  def input_gates(self, x_LBD: Array) -> Array:
+    """Every step's input contribution in one matmul: [L, B, D] -> [L, B, 4H]."""
+    seq_len, batch, in_features = x_LBD.shape
+    # A plain 2-D matmul on the contiguous [L * B, D] view: no transposed operands for XLA.
+    gates = jnp.reshape(x_LBD, (seq_len * batch, in_features)) @ self.input_kernel[...]
+    return jnp.reshape(gates + self.bias[...], (seq_len, batch, 4 * self.hidden_size))
 
-    def step(carry, gates_in_BG):
-      h, c = carry
-      gates = gates_in_BG + h @ recurrent  # [B, 4H]: the one sequential matmul per step
-      i, f, g, o = jnp.split(gates, 4, axis=-1)
-      c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-      h = jax.nn.sigmoid(o) * jnp.tanh(c)
-      return (h, c), h
-
-    zeros = jnp.zeros((batch, self.hidden_size), gates_in_LBG.dtype)
-    _, h_LBH = jax.lax.scan(step, (zeros, zeros), gates_in_LBG)
-    return jnp.swapaxes(h_LBH, 0, 1)  # [B, L, H]
+  def __call__(self, x: Array, *, time_major: bool = False) -> Array:
+    """x: [B, L, in_features] (or [L, B, in_features]) -> hidden states [B, L, H] (or [L, B, H]),
+    from a zero initial state."""
+    x_LBD = x if time_major else jnp.swapaxes(x, 0, 1)
+    h_LBH = lstm_recurrence(self.input_gates(x_LBD), self.recurrent_kernel[...])
+    return h_LBH if time_major else jnp.swapaxes(h_LBH, 0, 1)
 
 
 class LSTMBaseline(nnx.Module):
-  """Embedding -> stacked LSTM -> per-token classifier: int tokens [B, L] -> logits [B, L, V]."""
+  """Embedding -> stacked LSTM -> per-token classifier: int tokens [B, L] -> logits [B, L, V].
+
+  Runs time-major inside and transposes only the logits. ``fold_embedding`` (default: when
+  ``4 * vocab_size <= B * L``) computes the first layer's input gates as rows of the table
+  ``embedding @ W_in + b`` [V, 4H] looked up per token, which equals ``embed(tokens) @ W_in + b``
+  but costs a [V, D] x [D, 4H] matmul instead of a [B * L, D] x [D, 4H] one (forward and
+  backward); the rule folds only where that saves at least three quarters of the work.
+  """
 
   def __init__(self, *, vocab_size: int, hidden_size: int, num_layers: int = 1,
-               embed_dim: int | None = None, rngs: nnx.Rngs):
+               embed_dim: int | None = None, fold_embedding: bool | None = None,
+               rngs: nnx.Rngs):
     if min(vocab_size, hidden_size, num_layers) <= 0:
       raise ValueError(f"vocab_size, hidden_size and num_layers must be positive; got "
                        f"{vocab_size}, {hidden_size}, {num_layers}")
     embed_dim = hidden_size if embed_dim is None else embed_dim
+    self.vocab_size, self.fold_embedding = vocab_size, fold_embedding
     self.embed = nnx.Embed(vocab_size, embed_dim, rngs=rngs)
     self.layers = nnx.List([
         LSTMLayer(embed_dim if i == 0 else hidden_size, hidden_size, rngs=rngs)
         for i in range(num_layers)])
     self.classifier = nnx.Linear(hidden_size, vocab_size, rngs=rngs)
 
-  def __call__(self, tokens: Array) -> Array:
-    """tokens: int [B, L] -> logits [B, L, vocab_size]."""
+  def hidden_states(self, tokens: Array) -> Array:
+    """tokens: int [B, L] -> the last layer's hidden states, time-major [L, B, H]."""
     if tokens.ndim != 2:
       raise ValueError(f"tokens must be [B, L]; got {tokens.shape}")
-    x = self.embed(tokens)
-    for layer in self.layers:
-      x = layer(x)
-    return self.classifier(x)
+    first = self.layers[0]
+    fold = self.fold_embedding
+    if fold is None:
+      fold = 4 * self.vocab_size <= tokens.size
+    if fold:
+      table_VG = self.embed.embedding[...] @ first.input_kernel[...] + first.bias[...]
+      gates_LBG = jnp.take(table_VG, tokens.T, axis=0)  # [L, B, 4H]
+    else:
+      gates_LBG = first.input_gates(jnp.swapaxes(self.embed(tokens), 0, 1))
+    x_LBH = lstm_recurrence(gates_LBG, first.recurrent_kernel[...])
+    for layer in self.layers[1:]:
+      x_LBH = layer(x_LBH, time_major=True)
+    return x_LBH
+
+  def __call__(self, tokens: Array) -> Array:
+    """tokens: int [B, L] -> logits [B, L, vocab_size]."""
+    # Classify time-major and transpose the [L, B, V] logits: V is the narrowest axis in sight.
+    return jnp.swapaxes(self.classifier(self.hidden_states(tokens)), 0, 1)
 
 
 class LSTMWithAttention(nnx.Module):
@@ -111,11 +226,7 @@ class LSTMWithAttention(nnx.Module):
 
   def __call__(self, tokens: Array, *, return_weights: bool = False):
     """tokens: int [B, L] -> logits [B, L, vocab_size] (and weights [B, L, L] if asked)."""
-    if tokens.ndim != 2:
-      raise ValueError(f"tokens must be [B, L]; got {tokens.shape}")
-    x = self.lstm.embed(tokens)
-    for layer in self.lstm.layers:
-      x = layer(x)
+    x = jnp.swapaxes(self.lstm.hidden_states(tokens), 0, 1)  # [B, L, H]
     states_BL1H = x[:, :, None, :]  # one head: [B, L, 1, H]
     params = self.score_params.get_value()
     seq_len = tokens.shape[1]

@@ -16,9 +16,14 @@ def _inputs(*shape, seed=0):
 def _copy_from_flax(flax_mha: nnx.MultiHeadAttention, ours: MultiHeadAttention) -> None:
   """Load flax's separate q/k/v/out weights into our fused [D, N + 2K, H] kernel."""
   kernels = [flax_mha.query.kernel[...], flax_mha.key.kernel[...], flax_mha.value.kernel[...]]
-  biases = [flax_mha.query.bias[...], flax_mha.key.bias[...], flax_mha.value.bias[...]]
   ours.qkv_kernel[...] = jnp.concatenate(kernels, axis=1)
-  ours.qkv_bias[...] = jnp.concatenate(biases, axis=0)
+  # Random biases (flax starts them at zero) so the parity covers them; flax's key bias is a
+  # softmax no-op that attn_jax omits, so it may hold anything.
+  keys = jax.random.split(jax.random.key(7), 3)
+  for k, name in zip(keys, ["query", "key", "value"], strict=True):
+    getattr(flax_mha, name).bias[...] = jax.random.normal(k, getattr(flax_mha, name).bias.shape)
+  ours.query_bias[...] = flax_mha.query.bias[...]
+  ours.value_bias[...] = flax_mha.value.bias[...]
   ours.out_kernel[...] = flax_mha.out.kernel[...]
   ours.out_bias[...] = flax_mha.out.bias[...]
 
@@ -47,9 +52,10 @@ def test_shapes_cross_attention_and_grouped_heads():
                            rngs=nnx.Rngs(0))
   out, weights = mha(_inputs(3, 5, 16), _inputs(3, 7, 16, seed=1), return_weights=True)
   assert out.shape == (3, 5, 8) and weights.shape == (3, 4, 5, 7)
-  # Parameter count: fused qkv [16, 4 + 2*2, 4] + bias [8, 4] + out [4, 4, 8] + bias [8].
+  # Parameters: fused qkv [16, 4 + 2*2, 4], query bias [4, 4], value bias [2, 4], out [4, 4, 8],
+  # out bias [8].
   n_params = sum(x.size for x in jax.tree.leaves(nnx.state(mha, nnx.Param)))
-  assert n_params == 16 * 8 * 4 + 8 * 4 + 4 * 4 * 8 + 8
+  assert n_params == 16 * 8 * 4 + 4 * 4 + 2 * 4 + 4 * 4 * 8 + 8
 
 
 @pytest.mark.parametrize(("score", "positional"), [

@@ -35,7 +35,7 @@ def test_encoder_shapes_and_param_count(positional):
   assert logits.shape == (2, LEN, VOCAB) and logits.dtype == jnp.float32
   assert len(attention) == 2 and attention[0].shape == (2, 2, LEN, LEN)
   d, ff, layers = 8, 16, 2
-  block = (2 * 2 * d) + (d * 3 * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d)
+  block = (2 * 2 * d) + (d * 3 * d + 2 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d)
   expected = VOCAB * d + layers * block + 2 * d + (d * VOCAB + VOCAB)
   expected += {"learned": 16 * d, "relative": layers * 32 * 2}.get(positional, 0)
   assert _count(model) == expected
