@@ -1,7 +1,8 @@
 """Batched multi-head implementations behind `attn_jax.dot_product_attention`.
 
 Both take the arguments already validated and made 4-D, with every mask (explicit, causal, window,
-sequence lengths) folded into one boolean ``mask`` broadcastable to [batch, num_heads, q_len, kv_len]:
+sequence lengths) folded into one boolean ``mask`` broadcastable to
+[batch, num_heads, q_len, kv_len]:
 
 - `reference_attention`: the single-head `attend` vmapped over heads and batch — the readable
   definition, literally.

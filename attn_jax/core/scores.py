@@ -41,7 +41,8 @@ def dot(query: Array, key: Array, params: Any = None) -> Array:
   return jnp.einsum("td,sd->ts", query, key, preferred_element_type=_logits_dtype(query))
 
 
-def scaled_dot(query: Array, key: Array, params: Any = None, *, scale: float | None = None) -> Array:
+def scaled_dot(
+    query: Array, key: Array, params: Any = None, *, scale: float | None = None) -> Array:
   """Scaled dot product ``scale * q . k`` with ``scale = 1/sqrt(key_dim)`` by default.
 
   Vaswani et al. 2017: the scale keeps the logits' variance near 1 for unit-variance inputs.

@@ -14,7 +14,7 @@ POSITIONAL = ("sinusoidal", "learned", "rope", "alibi", "relative", "none")
 
 
 class Mlp(nnx.Module):
-  """Position-wise feed-forward block: Linear -> GELU -> dropout -> Linear. [B, L, D] -> [B, L, D]."""
+  """Position-wise feed-forward: Linear -> GELU -> dropout -> Linear. [B, L, D] -> [B, L, D]."""
 
   def __init__(self, *, d_model: int, d_ff: int, dropout_rate: float, rngs: nnx.Rngs):
     self.up = nnx.Linear(d_model, d_ff, rngs=rngs)
