@@ -1,0 +1,41 @@
+"""Synthetic long-range tasks: pure functions of a PRNG key returning a `Batch`.
+
+A run's data is a function of (seed, step) alone, so training is reproducible and resumable with
+no iterator state. See CONTRACT.md section 3.
+"""
+
+from attn_jax.tasks.batch import Batch
+from attn_jax.tasks.copy_memory import (
+    copy_memory,
+    copy_memory_baseline_loss,
+    copy_memory_seq_len,
+)
+from attn_jax.tasks.metrics import (
+    copy_memory_metrics,
+    eval_accuracy,
+    exact_match,
+    masked_mean,
+    mqar_metrics,
+    token_cross_entropy,
+)
+from attn_jax.tasks.mqar import mqar
+from attn_jax.tasks.registry import CopyMemorySpec, MqarSpec, Task, TaskSpec, make_task
+
+__all__ = [
+    "Batch",
+    "CopyMemorySpec",
+    "MqarSpec",
+    "Task",
+    "TaskSpec",
+    "copy_memory",
+    "copy_memory_baseline_loss",
+    "copy_memory_metrics",
+    "copy_memory_seq_len",
+    "eval_accuracy",
+    "exact_match",
+    "make_task",
+    "masked_mean",
+    "mqar",
+    "mqar_metrics",
+    "token_cross_entropy",
+]

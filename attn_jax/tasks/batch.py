@@ -1,0 +1,18 @@
+"""The one container every task returns."""
+
+from typing import NamedTuple
+
+import jax
+
+
+class Batch(NamedTuple):
+  """One batch of a sequence-to-sequence (token-per-token) task.
+
+  inputs: int32 [batch_size, seq_len], the tokens the model reads.
+  targets: int32 [batch_size, seq_len], the token the model must output at each position.
+  eval_mask: bool [batch_size, seq_len], the positions whose accuracy is reported.
+  """
+
+  inputs: jax.Array
+  targets: jax.Array
+  eval_mask: jax.Array

@@ -1,0 +1,59 @@
+"""Plain typed training settings. The experiment layer builds one from a config file; the
+library never reads a ConfigDict."""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """How one model is trained on one task.
+
+  The learning rate warms up linearly from 0 over ``warmup_steps`` and then follows a cosine
+  decay to ``learning_rate * end_lr_fraction`` at ``num_steps``; gradients are clipped to a
+  global norm of ``grad_clip_norm`` (0 disables clipping) before AdamW.
+  """
+
+  num_steps: int = 1000
+  batch_size: int = 32
+  learning_rate: float = 1e-3
+  warmup_steps: int = 50
+  end_lr_fraction: float = 0.1
+  weight_decay: float = 0.0
+  adam_b2: float = 0.99
+  grad_clip_norm: float = 1.0
+  # Held-out evaluation: `eval_batches` batches of `batch_size` from a key stream disjoint from
+  # the training stream, every `eval_every` steps (0: only at the end).
+  eval_every: int = 0
+  eval_batches: int = 4
+  log_every: int = 50
+  # Checkpoint every `checkpoint_every` steps and at the end (0: only at the end).
+  checkpoint_every: int = 0
+  # Stop with an error once this many consecutive steps had a non-finite loss or gradient.
+  max_consecutive_nonfinite: int = 10
+
+  def __post_init__(self):
+    positive = ("num_steps", "batch_size", "eval_batches", "log_every",
+                "max_consecutive_nonfinite")
+    non_negative = ("warmup_steps", "eval_every", "checkpoint_every")
+    for name in positive:
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"train.{name} must be an int >= 1, got {value!r}")
+    for name in non_negative:
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"train.{name} must be an int >= 0, got {value!r}")
+    if not self.learning_rate > 0:
+      raise ValueError(f"train.learning_rate must be > 0, got {self.learning_rate!r}")
+    if not 0.0 <= self.end_lr_fraction <= 1.0:
+      raise ValueError(f"train.end_lr_fraction must lie in [0, 1], got {self.end_lr_fraction!r}")
+    if not 0.0 <= self.adam_b2 < 1.0:
+      raise ValueError(f"train.adam_b2 must lie in [0, 1), got {self.adam_b2!r}")
+    if self.weight_decay < 0 or self.grad_clip_norm < 0:
+      raise ValueError(
+          "train.weight_decay and train.grad_clip_norm must be >= 0, got "
+          f"{self.weight_decay!r} and {self.grad_clip_norm!r}")
+    if self.warmup_steps >= self.num_steps:
+      raise ValueError(
+          f"train.warmup_steps ({self.warmup_steps}) must be < train.num_steps "
+          f"({self.num_steps})")

@@ -1,0 +1,113 @@
+"""The model factory: a model name and plain typed settings -> an `nnx.Module`.
+
+The three sequence models of `attn_jax.nn` map tokens int32 [B, L] to logits [B, L, vocab_size];
+the task fixes ``vocab_size`` and ``max_len``, the spec everything else.
+"""
+
+import dataclasses
+
+from flax import nnx
+
+from attn_jax import nn
+
+POSITIONAL_SCHEMES = ("sinusoidal", "learned", "rope", "alibi", "relative", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerSpec:
+  """`attn_jax.nn.TransformerEncoder` settings (pre-LayerNorm encoder blocks)."""
+
+  d_model: int = 64
+  num_layers: int = 2
+  num_heads: int = 4
+  d_ff: int = 128
+  dropout_rate: float = 0.0
+  positional: str = "learned"
+  causal: bool = False
+
+  def __post_init__(self):
+    _check_positive(self, "d_model", "num_layers", "num_heads", "d_ff")
+    if self.d_model % self.num_heads:
+      raise ValueError(f"transformer.num_heads ({self.num_heads}) must divide transformer."
+                       f"d_model ({self.d_model})")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"transformer.dropout_rate must lie in [0, 1), got {self.dropout_rate!r}")
+    if self.positional not in POSITIONAL_SCHEMES:
+      raise ValueError(f"transformer.positional must be one of {POSITIONAL_SCHEMES}, got "
+                       f"{self.positional!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LstmSpec:
+  """`attn_jax.nn.LSTMBaseline` settings."""
+
+  hidden_size: int = 128
+  num_layers: int = 1
+
+  def __post_init__(self):
+    _check_positive(self, "hidden_size", "num_layers")
+
+
+@dataclasses.dataclass(frozen=True)
+class LstmAttentionSpec:
+  """`attn_jax.nn.LSTMWithAttention` settings. ``attention_hidden`` is the width of the additive
+  score (0: hidden_size); "chunked" attention never holds the [L, L, attention_hidden] tensor
+  the "reference" path builds."""
+
+  hidden_size: int = 128
+  attention_hidden: int = 0
+  attention_implementation: str = "chunked"
+
+  def __post_init__(self):
+    _check_positive(self, "hidden_size")
+    if not isinstance(self.attention_hidden, int) or self.attention_hidden < 0:
+      raise ValueError("lstm_attention.attention_hidden must be an int >= 0, got "
+                       f"{self.attention_hidden!r}")
+    if self.attention_implementation not in ("reference", "chunked"):
+      raise ValueError("lstm_attention.attention_implementation must be 'reference' or "
+                       f"'chunked', got {self.attention_implementation!r}")
+
+
+ModelSpec = TransformerSpec | LstmSpec | LstmAttentionSpec
+
+# The names configs use, and the spec each one takes.
+MODEL_SPECS: dict[str, type] = {
+    "transformer": TransformerSpec,
+    "lstm": LstmSpec,
+    "lstm_attention": LstmAttentionSpec,
+}
+
+
+def _check_positive(spec, *names: str) -> None:
+  section = next(k for k, v in MODEL_SPECS.items() if v is type(spec))
+  for name in names:
+    value = getattr(spec, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"{section}.{name} must be an int >= 1, got {value!r}")
+
+
+def model_spec(name: str, **settings) -> ModelSpec:
+  """The spec of model ``name`` (transformer | lstm | lstm_attention) with ``settings``."""
+  if name not in MODEL_SPECS:
+    raise ValueError(f"unknown model {name!r}: expected one of {tuple(MODEL_SPECS)}")
+  return MODEL_SPECS[name](**settings)
+
+
+def make_model(spec: ModelSpec, *, vocab_size: int, max_len: int, rngs: nnx.Rngs) -> nnx.Module:
+  """Builds the model ``spec`` describes for a task with ``vocab_size`` tokens and sequences of
+  at most ``max_len`` positions."""
+  if isinstance(spec, TransformerSpec):
+    return nn.TransformerEncoder(
+        vocab_size=vocab_size, max_len=max_len, num_layers=spec.num_layers,
+        num_heads=spec.num_heads, d_model=spec.d_model, d_ff=spec.d_ff,
+        dropout_rate=spec.dropout_rate, positional=spec.positional, causal=spec.causal,
+        rngs=rngs)
+  if isinstance(spec, LstmSpec):
+    return nn.LSTMBaseline(vocab_size=vocab_size, hidden_size=spec.hidden_size,
+                           num_layers=spec.num_layers, rngs=rngs)
+  if isinstance(spec, LstmAttentionSpec):
+    return nn.LSTMWithAttention(
+        vocab_size=vocab_size, hidden_size=spec.hidden_size,
+        attention_hidden=spec.attention_hidden or None,
+        attention_implementation=spec.attention_implementation, rngs=rngs)
+  raise ValueError(f"unknown model spec {spec!r}: expected one of {tuple(MODEL_SPECS)}")

@@ -1,0 +1,92 @@
+"""Train one model on one task from a config file.
+
+python -m experiments.run --config=configs/copy_memory.py --workdir=runs/copy [--config.FIELD=V]
+
+Writes DIR/metrics.jsonl (one JSON object per logged step), DIR/result.json and orbax checkpoints
+under DIR/checkpoints; run again on the same DIR, it resumes from the latest checkpoint.
+"""
+
+import json
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import reporting, settings
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, results, checkpoints.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str, *, progress: bool = True) -> dict:
+  """Trains the run ``config`` describes in ``workdir``; returns the result.json dict."""
+  import jax
+
+  from attn_jax.training import Checkpointer, train
+  from attn_jax.training import sharding as shd
+
+  run_settings = settings.run_settings(config)  # every check before anything compiles
+  if run_settings.distributed:
+    shd.initialize_distributed()
+  mesh = None
+  if (run_settings.mesh.data, run_settings.mesh.model) != (1, 1):
+    mesh = shd.make_mesh(run_settings.mesh)
+    spec = run_settings.model_spec
+    shd.check_divisible(
+        mesh, batch_size=run_settings.train.batch_size, num_heads=getattr(spec, "num_heads", None),
+        num_kv_heads=getattr(spec, "num_heads", None), d_ff=getattr(spec, "d_ff", None))
+  task = run_settings.task()
+  program = run_settings.program(task)
+  writer = jax.process_index() == 0  # one process writes logs; all take part in checkpoints
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"))
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  resume_step = checkpointer.latest_step() or 0
+  if writer:
+    reporting.truncate_jsonl(metrics_path, resume_step)  # drop lines past the checkpoint
+  bar = reporting.ProgressBar(run_settings.train.num_steps, resume_step,
+                              f"{run_settings.model} {task.name} d={task.distance}",
+                              enabled=progress and writer)
+
+  def on_log(step, metrics):
+    bar.update(step, metrics)
+    if writer:
+      reporting.append_jsonl(metrics_path, {"step": step, "split": "train", **metrics})
+
+  def on_eval(step, metrics):
+    if writer:
+      reporting.append_jsonl(metrics_path, {"step": step, "split": "eval", **metrics})
+
+  try:
+    result = train(program, run_settings.seed, checkpointer=checkpointer, on_log=on_log,
+                   on_eval=on_eval, mesh=mesh)
+  finally:
+    bar.close()
+    checkpointer.close()
+  summary = {
+      "task": task.name, "model": run_settings.model, "distance": task.distance,
+      "seed": run_settings.seed, "params": result.num_params,
+      "steps": run_settings.train.num_steps, "wall_s": round(result.wall_s, 2),
+      "resumed_from": result.start_step, "metrics": result.eval_metrics,
+      "reference": {"chance_accuracy": task.chance_accuracy, **task.reference},
+  }
+  if writer:
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    summary = run(_CONFIG.value, _WORKDIR.value)
+  except settings.ConfigError as e:
+    raise app.UsageError(str(e)) from e
+  print(json.dumps(summary["metrics"], indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)
