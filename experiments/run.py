@@ -9,7 +9,7 @@ under DIR/checkpoints; run again on the same DIR, it resumes from the latest che
 import json
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import reporting, settings
@@ -81,6 +81,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
     summary = run(_CONFIG.value, _WORKDIR.value)
   except settings.ConfigError as e:
