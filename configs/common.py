@@ -78,3 +78,8 @@ def mesh_section(config: ml_collections.ConfigDict) -> None:
   config.mesh.model = 1
   # Call jax.distributed.initialize() first (several hosts: TPU pods, multi-node GPU).
   config.mesh.distributed = False
+  # Without a cluster manager jax detects: "host:port" of process 0, the process count and this
+  # process's rank ("", 0, -1: let jax.distributed.initialize find them).
+  config.mesh.coordinator_address = ""
+  config.mesh.num_processes = 0
+  config.mesh.process_id = -1

@@ -29,7 +29,7 @@ def run(config, workdir: str, *, progress: bool = True) -> dict:
 
   run_settings = settings.run_settings(config)  # every check before anything compiles
   if run_settings.distributed:
-    shd.initialize_distributed()
+    shd.initialize_distributed(**run_settings.cluster)
   mesh = None
   if (run_settings.mesh.data, run_settings.mesh.model) != (1, 1):
     mesh = shd.make_mesh(run_settings.mesh)

@@ -30,6 +30,8 @@ class RunSettings:
   seed: int
   mesh: MeshSpec
   distributed: bool = False
+  # jax.distributed.initialize arguments (empty: detected from the environment).
+  cluster: dict = dataclasses.field(default_factory=dict)
 
   def task(self) -> Task:
     return make_task(self.task_spec)
@@ -94,6 +96,11 @@ def run_settings(config) -> RunSettings:
     raise ConfigError(f"seed must be an int >= 0, got {seed!r}")
   mesh_values = _as_dict(config.get("mesh", {}))
   distributed = bool(mesh_values.pop("distributed", False))
+  cluster = {"coordinator_address": mesh_values.pop("coordinator_address", "") or None,
+             "num_processes": mesh_values.pop("num_processes", 0) or None,
+             "process_id": None if mesh_values.get("process_id", -1) < 0
+             else mesh_values["process_id"]}
+  mesh_values.pop("process_id", None)
   settings = RunSettings(
       model=config.model,
       model_spec=model_spec(config.model, config),
@@ -102,5 +109,6 @@ def run_settings(config) -> RunSettings:
       seed=seed,
       mesh=build(MeshSpec, mesh_values, "mesh"),
       distributed=distributed,
+      cluster={k: v for k, v in cluster.items() if v is not None},
   )
   return settings
