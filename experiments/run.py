@@ -14,10 +14,14 @@ from ml_collections import config_flags
 
 from experiments import reporting, settings
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for metrics, results, checkpoints.")
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program, so that tests can import this module.
+  config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Output directory.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(config, workdir: str, *, progress: bool = True) -> dict:
@@ -83,11 +87,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   try:
-    summary = run(_CONFIG.value, _WORKDIR.value)
+    summary = run(FLAGS.config, FLAGS.workdir)
   except settings.ConfigError as e:
     raise app.UsageError(str(e)) from e
   print(json.dumps(summary["metrics"], indent=2))
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

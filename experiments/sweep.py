@@ -17,10 +17,14 @@ from ml_collections import config_flags
 
 from experiments import plots, settings
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a sweep config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program, so that tests can import this module.
+  config_flags.DEFINE_config_file("config", None, "Path to a sweep config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Output directory.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def plan(config) -> list[tuple[str, str, settings.RunSettings]]:
@@ -124,11 +128,12 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   try:
-    results = sweep(_CONFIG.value, _WORKDIR.value)
+    results = sweep(FLAGS.config, FLAGS.workdir)
   except settings.ConfigError as e:
     raise app.UsageError(str(e)) from e
-  print(f"sweep done in {results['total_wall_s']} s; table in {_WORKDIR.value}/results.md")
+  print(f"sweep done in {results['total_wall_s']} s; table in {FLAGS.workdir}/results.md")
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -1,0 +1,103 @@
+"""Smoke tests of the command-line entry points on shrunk configs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from configs import copy_memory, long_range
+from experiments import reporting
+from experiments import run as run_lib
+from experiments import sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _tiny_run_config(num_steps=6):
+  config = copy_memory.get_config()
+  config.task.delay = 5
+  config.transformer.d_model = 8
+  config.transformer.num_heads = 2
+  config.transformer.d_ff = 16
+  config.transformer.num_layers = 1
+  config.train.num_steps = num_steps
+  config.train.batch_size = 4
+  config.train.warmup_steps = 1
+  config.train.log_every = 2
+  config.train.checkpoint_every = 3
+  config.train.eval_batches = 1
+  return config
+
+
+def test_run_writes_files_and_resumes(tmp_path):
+  workdir = str(tmp_path / "run")
+  first = run_lib.run(_tiny_run_config(), workdir, progress=False)
+  assert set(os.listdir(workdir)) >= {"metrics.jsonl", "result.json", "checkpoints"}
+  with open(os.path.join(workdir, "result.json")) as f:
+    result = json.load(f)
+  assert result["steps"] == 6 and result["task"] == "copy_memory" and result["distance"] == 5
+  assert 0.0 <= result["metrics"]["accuracy"] <= 1.0 and result["params"] > 0
+  lines = reporting.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in lines if r["split"] == "train"] == [2, 4, 6]
+  # Rerun on the same workdir: resumes from the final checkpoint, same result, no duplicates.
+  again = run_lib.run(_tiny_run_config(), workdir, progress=False)
+  assert again["resumed_from"] == 6 and again["metrics"] == first["metrics"]
+  lines = reporting.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in lines if r["split"] == "train"] == [2, 4, 6]
+
+
+def test_run_resumes_mid_way_to_the_same_end(tmp_path):
+  """A run killed after its step-3 checkpoint, rerun: the same metrics as one go."""
+  straight = run_lib.run(_tiny_run_config(), str(tmp_path / "a"), progress=False)
+  interrupted = str(tmp_path / "b")
+  run_lib.run(_tiny_run_config(), interrupted, progress=False)
+  # Make it as if the process died between the checkpoints at steps 3 and 6.
+  shutil.rmtree(os.path.join(interrupted, "checkpoints", "6"))
+  os.remove(os.path.join(interrupted, "result.json"))
+  resumed = run_lib.run(_tiny_run_config(), interrupted, progress=False)
+  assert resumed["resumed_from"] == 3
+  assert resumed["metrics"] == straight["metrics"]
+
+
+@pytest.mark.parametrize("bad", ["--config.task.delay=-1", "--config.model=gru"])
+def test_cli_rejects_bad_config(tmp_path, bad):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.run", "--config=configs/copy_memory.py",
+       f"--workdir={tmp_path}", bad], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert "delay" in result.stderr or "model must be one of" in result.stderr
+  assert not os.path.exists(tmp_path / "result.json")
+
+
+def test_sweep_writes_results_in_the_contract_schema(tmp_path):
+  config = long_range.get_config()
+  config.copy_memory.delays = (5,)
+  config.mqar.seq_lens = (16,)
+  config.mqar.num_pairs = (2,)
+  config.attention_map_delay = 5
+  config.train.num_steps = 2
+  config.train.warmup_steps = 1
+  config.train.batch_size = 4
+  config.train.eval_batches = 1
+  for name in ("transformer",):
+    config[name].d_model = 8
+    config[name].num_heads = 2
+    config[name].d_ff = 8
+    config[name].num_layers = 1
+  config.lstm.hidden_size = 8
+  config.lstm_attention.hidden_size = 8
+  results = sweep.sweep(config, str(tmp_path))
+  for name in ("results.json", "results.md", "accuracy_vs_distance.png", "attention_maps.png"):
+    assert os.path.getsize(tmp_path / name) > 0
+  with open(tmp_path / "results.json") as f:
+    on_disk = json.load(f)
+  assert on_disk["runs"] == results["runs"] and len(on_disk["runs"]) == 6
+  for run in on_disk["runs"]:
+    assert {"task", "model", "distance", "seed", "params", "steps", "wall_s",
+            "metrics"} <= set(run)
+    assert {"accuracy", "loss"} <= set(run["metrics"])
+  assert {(r["task"], r["distance"]) for r in on_disk["runs"]} == {("copy_memory", 5),
+                                                                   ("mqar", 16)}
