@@ -92,19 +92,29 @@ class MultiHeadAttention(nnx.Module):
         if positional == "relative" else None
     self.attn_dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 
-  def _project(self, inputs_q: Array, inputs_kv: Array | None):
-    """-> query [B, T, N, H], key [B, S, K, H], value [B, S, K, H]."""
+  def _project(self, inputs_q: Array, inputs_kv: Array | None, query_scale: float | None = None):
+    """-> query [B, T, N, H], key [B, S, K, H], value [B, S, K, H].
+
+    ``query_scale`` multiplies the query heads' kernel and bias ([D, N, H] numbers) rather than
+    the [B, N, T, S] logits downstream: one less pass over the largest tensor of the layer.
+    """
     n, k = self.num_heads, self.num_kv_heads
     w = self.qkv_kernel[...]
+    if query_scale is not None:
+      w = jnp.concatenate([w[:, :n] * jnp.asarray(query_scale, w.dtype), w[:, n:]], axis=1)
     if inputs_kv is None:
       qkv_BTPH = jnp.einsum("btd,dph->btph", inputs_q, w.astype(inputs_q.dtype))  # P = N + 2K
-      query, key, value = qkv_BTPH[:, :, :n], qkv_BTPH[:, :, n:n + k], qkv_BTPH[:, :, n + k:]
+      # split, not three slices: its transpose is one concatenate, where slices' is three pads.
+      query, key, value = jnp.split(qkv_BTPH, [n, n + k], axis=2)
     else:
       query = jnp.einsum("btd,dnh->btnh", inputs_q, w[:, :n].astype(inputs_q.dtype))
       kv_BSPH = jnp.einsum("bsd,dph->bsph", inputs_kv, w[:, n:].astype(inputs_kv.dtype))
-      key, value = kv_BSPH[:, :, :k], kv_BSPH[:, :, k:]
+      key, value = jnp.split(kv_BSPH, [k], axis=2)
     if self.query_bias is not None:
-      query = query + self.query_bias[...].astype(query.dtype)
+      query_bias = self.query_bias[...]
+      if query_scale is not None:
+        query_bias = query_bias * jnp.asarray(query_scale, query_bias.dtype)
+      query = query + query_bias.astype(query.dtype)
       value = value + self.value_bias[...].astype(value.dtype)
     return query, key, value
 
@@ -123,7 +133,13 @@ class MultiHeadAttention(nnx.Module):
       raise ValueError(
           f"expected inputs_q [B, T, D] and inputs_kv [B, S, D]; got {inputs_q.shape} and "
           f"{None if inputs_kv is None else inputs_kv.shape}")
-    query, key, value = self._project(inputs_q, inputs_kv)  # [B, T, N, H], [B, S, K, H] x2
+    weight_dropout = self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic
+    fast = self.score in ("dot", "cosine") and not (return_weights or weight_dropout)
+    # The fast dot path takes its 1/sqrt(H) in the query projection (and scale=1 below); RoPE is a
+    # rotation and biases are added to the logits after scaling, so neither notices.
+    query_scale = self.head_dim**-0.5 if fast and self.score == "dot" else None
+    # [B, T, N, H], [B, S, K, H] x2
+    query, key, value = self._project(inputs_q, inputs_kv, query_scale)
     q_len, kv_len = query.shape[1], key.shape[1]
     if query_positions is None:
       query_positions = jnp.arange(q_len)[None]
@@ -142,10 +158,10 @@ class MultiHeadAttention(nnx.Module):
             max_distance=self.max_distance)
       bias = pos_bias if bias is None else bias + pos_bias  # [B|1, N, T, S]
 
-    weight_dropout = self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic
-    if self.score in ("dot", "cosine") and not (return_weights or weight_dropout):
-      out_BTNH = dot_product_attention(query, key, value, bias, mask, is_causal=is_causal,
-                                       score=self.score, implementation=self.implementation)
+    if fast:
+      out_BTNH = dot_product_attention(
+          query, key, value, bias, mask, is_causal=is_causal, score=self.score,
+          scale=None if query_scale is None else 1.0, implementation=self.implementation)
       weights = None
     else:
       out_BTNH, weights = self._attend_with_weights(query, key, value, bias, mask, is_causal)

@@ -9,9 +9,8 @@ import sys
 import pytest
 
 from configs import copy_memory, long_range
-from experiments import reporting
+from experiments import reporting, sweep
 from experiments import run as run_lib
-from experiments import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
