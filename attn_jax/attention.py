@@ -24,6 +24,10 @@ SCORES = ("dot", "cosine")
 # the chunked one: XLA materialises the [B, N, T, S] logits and probabilities (and keeps them for
 # the backward pass), the chunked kernel holds O(T * block). 2^26 logits = 256 MiB per buffer.
 CHUNKED_MIN_LOGITS = 2**26
+# On CPU the chunked kernel is also the faster one from about T * S = 1024^2 per head (measured in
+# benchmarks/README.md: 0.8x XLA's time at L1024, 0.6x at L8192, forward + backward); below that
+# XLA wins or ties and compiles faster.
+CHUNKED_MIN_CPU_LOGITS_PER_HEAD = 2**20
 
 
 def _ensure_4d(x: Array | None, name: str) -> Array | None:
@@ -126,7 +130,10 @@ def _choose(query, key, value, bias, mask, *, score, is_causal, local_window_siz
                               local_window_size=local_window_size, is_causal=is_causal) is None:
     return "cudnn"
   batch, q_len, num_heads, _ = query.shape
-  if batch * num_heads * q_len * key.shape[1] >= CHUNKED_MIN_LOGITS:
+  per_head = q_len * key.shape[1]
+  if batch * num_heads * per_head >= CHUNKED_MIN_LOGITS:
+    return "chunked"
+  if jax.default_backend() == "cpu" and per_head >= CHUNKED_MIN_CPU_LOGITS_PER_HEAD:
     return "chunked"
   return "xla"
 
@@ -234,5 +241,5 @@ def attention_weights(
   batch, q_len, num_heads, _ = query.shape
   combined = _combined_mask(mask, is_causal, None, None, None, q_len, key.shape[1])
   weights = batched.xla_weights(query, key, bias, combined, scale=scale, score=score)
-  weights = jnp.reshape(weights, (batch, num_heads, q_len, key.shape[1]))  # [B, K, G, T, S] ->
+  weights = jnp.reshape(weights, (batch, num_heads, q_len, key.shape[1]))  # (grouped) -> [B, N, T, S]
   return weights[0] if unbatched else weights

@@ -536,6 +536,17 @@ def test_select_implementation_moves_to_chunked_above_the_logits_threshold(monke
   assert attn_jax.select_implementation(query[0], key[0], value[0]) == "xla"  # B = 1: half
 
 
+def test_select_implementation_on_cpu_moves_to_chunked_for_long_sequences(monkeypatch):
+  """On CPU the chunked kernel is the faster one for long sequences (T * S per head)."""
+  query, key, value, _, _ = CASES[0].arrays()
+  assert jax.default_backend() == "cpu"
+  monkeypatch.setattr(attention_module, "CHUNKED_MIN_CPU_LOGITS_PER_HEAD", T * S + 1)
+  assert attn_jax.select_implementation(query, key, value) == "xla"
+  monkeypatch.setattr(attention_module, "CHUNKED_MIN_CPU_LOGITS_PER_HEAD", T * S)
+  assert attn_jax.select_implementation(query, key, value) == "chunked"
+  assert attn_jax.select_implementation(query[:, :-1], key, value) == "xla"  # T * S smaller
+
+
 def test_default_above_the_threshold_runs_chunked_and_agrees(monkeypatch):
   monkeypatch.setattr(attention_module, "CHUNKED_MIN_LOGITS", 1)
   out = _ours.__wrapped__(EVERYTHING, None)
