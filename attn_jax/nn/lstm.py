@@ -35,13 +35,14 @@ def _recurrence(gates_in_LBG: Array, recurrent_HG: Array, save: bool):
   seq_len, batch, four_h = gates_in_LBG.shape
   hidden = four_h // 4
   dtype = gates_in_LBG.dtype
+  w_HG = recurrent_HG.astype(dtype)  # the buffers hold one dtype: the inputs'
   if seq_len == 0:
     empty_LBH = jnp.zeros((0, batch, hidden), dtype)
     return empty_LBH, (empty_LBH, empty_LBH, gates_in_LBG, recurrent_HG)
 
   def step(t, carry):
     h_BH, c_BH, buf_LBG, h_LBH, c_prev_LBH = carry
-    i, f, g, o = _gates(buf_LBG[t] + h_BH @ recurrent_HG, hidden)
+    i, f, g, o = _gates(buf_LBG[t] + h_BH @ w_HG, hidden)
     if save:  # c_{t-1}, and the activations over step t's slot of the (dead) input gates
       c_prev_LBH = lax.dynamic_update_index_in_dim(c_prev_LBH, c_BH, t, 0)
       buf_LBG = lax.dynamic_update_index_in_dim(buf_LBG, jnp.concatenate([i, f, g, o], -1), t, 0)
@@ -79,6 +80,8 @@ def _recurrence_bwd(residuals, dh_LBH):
   seq_len, batch, hidden = h_LBH.shape
   if seq_len == 0:
     return jnp.zeros_like(acts_LBG), jnp.zeros_like(recurrent_HG)
+  dh_LBH = dh_LBH.astype(h_LBH.dtype)
+  w_HG = recurrent_HG.astype(h_LBH.dtype)
 
   def step(k, carry):
     t = seq_len - 1 - k
@@ -97,7 +100,7 @@ def _recurrence_bwd(residuals, dh_LBH):
     # d(pre-activation) of each gate: sigmoid' = s (1 - s), tanh' = 1 - t^2.
     dz_BG = jnp.concatenate([dc_BH * g * i * (1 - i), dc_BH * c_prev_BH * f * (1 - f),
                              dc_BH * i * (1 - g * g), dh_BH * tanh_c_BH * o * (1 - o)], -1)
-    return dz_BG @ recurrent_HG.T, dc_BH * f, dz_BG, buf_LBG
+    return dz_BG @ w_HG.T, dc_BH * f, dz_BG, buf_LBG
 
   zeros_BH = jnp.zeros((batch, hidden), h_LBH.dtype)
   # The gate gradients overwrite the saved activations slot by slot (last step first).
@@ -107,7 +110,7 @@ def _recurrence_bwd(residuals, dh_LBH):
   h_prev_LBH = jnp.concatenate([jnp.zeros_like(h_LBH[:1]), h_LBH[:-1]], axis=0)
   # One [L * B]-deep matmul for the recurrent kernel: sum_t h_{t-1}^T dz_t -> [H, 4H].
   d_recurrent_HG = jnp.einsum("lbh,lbg->hg", h_prev_LBH, dz_LBG)
-  return dz_LBG, d_recurrent_HG
+  return dz_LBG, d_recurrent_HG.astype(recurrent_HG.dtype)
 
 
 lstm_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
