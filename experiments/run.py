@@ -12,7 +12,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import reporting, settings
+from experiments import cpu_flags, reporting, settings
 
 FLAGS = flags.FLAGS
 
@@ -86,6 +86,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  cpu_flags.use_fast_cpu_compile()  # before the first computation
   try:
     summary = run(FLAGS.config, FLAGS.workdir)
   except settings.ConfigError as e:

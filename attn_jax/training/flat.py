@@ -47,7 +47,7 @@ class FlatLayout:
     """float32 [size] -> the tree (each leaf in its own shape and dtype)."""
     leaves = [vector[start:end].reshape(shape).astype(dtype)
               for start, end, shape, dtype in zip(self.offsets[:-1], self.offsets[1:],
-                                                  self.shapes, self.dtypes)]
+                                                  self.shapes, self.dtypes, strict=True)]
     return jax.tree.unflatten(self.treedef, leaves)
 
   def leaf_mask(self, keep) -> np.ndarray:

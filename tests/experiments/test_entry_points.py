@@ -71,23 +71,34 @@ def test_cli_rejects_bad_config(tmp_path, bad):
   assert not os.path.exists(tmp_path / "result.json")
 
 
-def test_sweep_writes_results_in_the_contract_schema(tmp_path):
+def _tiny_sweep_config():
   config = long_range.get_config()
+  config.workers = 1
+  # Two models keep the test short; every model x task trains in tests/training/test_program.py.
+  config.models = ("transformer", "lstm")
   config.copy_memory.delays = (5,)
   config.mqar.seq_lens = (16,)
   config.mqar.num_pairs = (2,)
+  config.control.task.seq_len = 8
   config.attention_map_delay = 5
   config.train.num_steps = 2
   config.train.warmup_steps = 1
   config.train.batch_size = 4
   config.train.eval_batches = 1
-  for name in ("transformer",):
-    config[name].d_model = 8
-    config[name].num_heads = 2
-    config[name].d_ff = 8
-    config[name].num_layers = 1
+  for group in ("mqar", "control"):
+    config[group].train.num_steps = 2
+    config[group].train.warmup_steps = 1
+    config[group].train.batch_size = 4
+  for section in (config.transformer, config.copy_memory.transformer, config.mqar.transformer,
+                  config.control.transformer):
+    section.d_model, section.num_heads, section.d_ff, section.num_layers = 8, 2, 8, 1
   config.lstm.hidden_size = 8
   config.lstm_attention.hidden_size = 8
+  return config
+
+
+def test_sweep_writes_results_in_the_contract_schema(tmp_path):
+  config = _tiny_sweep_config()
   results = sweep.sweep(config, str(tmp_path))
   for name in ("results.json", "results.md", "accuracy_vs_distance.png", "attention_maps.png"):
     assert os.path.getsize(tmp_path / name) > 0
@@ -98,5 +109,12 @@ def test_sweep_writes_results_in_the_contract_schema(tmp_path):
     assert {"task", "model", "distance", "seed", "params", "steps", "wall_s",
             "metrics"} <= set(run)
     assert {"accuracy", "loss"} <= set(run["metrics"])
-  assert {(r["task"], r["distance"]) for r in on_disk["runs"]} == {("copy_memory", 5),
-                                                                   ("mqar", 16)}
+  assert {(r["group"], r["task"], r["distance"]) for r in on_disk["runs"]} == {
+      ("copy_memory", "copy_memory", 5), ("mqar", "mqar", 16), ("control", "mqar", 8)}
+  with open(tmp_path / "results.md") as f:
+    table = f.read()
+  assert table.count("| transformer |") == table.count("| lstm |") == 3
+  assert "memoryless loss" in table
+  # Rerun on the same workdir: every run is kept, nothing retrains, same results.
+  again = sweep.sweep(config, str(tmp_path))
+  assert again["runs"] == results["runs"]

@@ -59,3 +59,32 @@ def test_locked_config_rejects_unknown_override():
   config.lock()
   with pytest.raises(AttributeError):
     config.task.dealy = 3
+
+
+def test_sweep_task_sections_override_model_and_train_sections():
+  runs = sweep.plan(long_range.get_config())
+  transformer = {(group, r.task().distance): r for group, model, r in runs
+                 if model == "transformer"}
+  copy, mqar_run = transformer[("copy_memory", 500)], transformer[("mqar", 128)]
+  assert not copy.model_spec.causal and copy.model_spec.positional == "sinusoidal"
+  assert mqar_run.model_spec.causal and mqar_run.model_spec.positional == "rope"
+  assert transformer[("control", 16)].model_spec.causal
+  # Every model gets the same budget on a task.
+  budgets = {(group, (r.train.num_steps, r.train.batch_size, r.train.learning_rate))
+             for group, _, r in runs}
+  assert len({g for g, _ in budgets}) == len(budgets) == 3
+
+
+def test_sweep_rejects_bad_sections():
+  config = long_range.get_config()
+  config.mqar.num_pairs = (4, 4)  # three lengths, two pair counts
+  with pytest.raises(settings.ConfigError, match="same length"):
+    sweep.plan(config)
+  config = long_range.get_config()
+  config.copy_memory.transformer.num_heads = 3
+  with pytest.raises(settings.ConfigError, match="must divide"):
+    sweep.plan(config)
+  config = long_range.get_config()
+  config.models = ("transformer", "gru")
+  with pytest.raises(settings.ConfigError, match="gru"):
+    sweep.plan(config)
