@@ -1,10 +1,11 @@
 """attn_jax: the attention mechanism as composable JAX functions, with Flax NNX modules on top.
 
-``import attn_jax`` pulls in jax, flax, optax, chex and numpy only; the experiment side (absl,
-ml_collections, orbax, matplotlib, tqdm) is imported by `attn_jax.training` and `experiments`.
+``import attn_jax`` pulls in jax, flax, optax, chex and numpy only, and makes `attn_jax.core`,
+`attn_jax.nn` and `attn_jax.tasks` available. `attn_jax.training` is not imported here:
+``import attn_jax.training`` when you train (it imports orbax only to checkpoint).
 """
 
-from attn_jax import core, nn
+from attn_jax import core, nn, tasks
 from attn_jax.attention import (
     IMPLEMENTATIONS,
     attention_weights,
@@ -16,5 +17,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "IMPLEMENTATIONS", "attention_weights", "core", "dot_product_attention", "nn",
-    "select_implementation",
+    "select_implementation", "tasks",
 ]

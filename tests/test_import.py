@@ -38,3 +38,16 @@ def test_library_imports_no_experiment_side_module(module, loaded):
   # flax.nnx (through flax.linen), chex and optax import absl.logging / absl.testing themselves;
   # they are declared dependencies, so only absl modules beyond theirs count against attn_jax.
   assert set(modules) <= set(loaded["baseline"]), sorted(set(modules) - set(loaded["baseline"]))
+
+
+def test_tasks_reachable_from_the_package_and_training_stays_lazy():
+  code = ("import sys, jax, attn_jax\n"
+          "batch = attn_jax.tasks.copy_memory(jax.random.key(0), batch_size=2, delay=5)\n"
+          "assert batch.inputs.shape == (2, 25), batch.inputs.shape\n"
+          "batch = attn_jax.tasks.mqar(jax.random.key(0), batch_size=2, seq_len=16, num_pairs=2,"
+          " vocab_size=16)\n"
+          "assert batch.inputs.shape == (2, 16), batch.inputs.shape\n"
+          "assert 'attn_jax.training' not in sys.modules\n")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, timeout=120)
+  assert result.returncode == 0, result.stderr
