@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attn_jax.core import batched, cudnn, masks
+from attn_jax.core import batched, chunked, cudnn, masks, scores
 
 Array = jax.Array
 Implementation = Literal["reference", "xla", "cudnn", "chunked"]
@@ -203,13 +203,14 @@ def dot_product_attention(
   scale = _default_scale(score, query.shape[-1], scale)
   q_len, kv_len = query.shape[1], key.shape[1]
   if chosen == "chunked":
-    from attn_jax.core import chunked  # noqa: PLC0415
-
-    out = chunked.chunked_attention(
-        query, key, value, bias=bias, mask=mask, scale=scale if score == "dot" else None,
-        is_causal=is_causal,
+    q, k = query, key
+    if score == "cosine":  # the dot product of unit vectors; normalised in float32
+      q, k = scores.l2_normalize(query), scores.l2_normalize(key)
+    out = chunked.attend(
+        q, k, value, bias=bias, mask=mask, scale=float(scale), is_causal=bool(is_causal),
         query_seq_lengths=q_lengths, key_value_seq_lengths=kv_lengths, local_window_size=window,
-        score_fn=None if score == "dot" else batched.score_fn_for(score, scale))
+        score_fn=None, score_params=None, params_per_head=False, score_mod=None, mask_mod=None,
+        block_q=chunked.DEFAULT_BLOCK_Q, block_k=chunked.DEFAULT_BLOCK_K).astype(query.dtype)
   else:
     combined = _combined_mask(mask, is_causal, q_lengths, kv_lengths, window, q_len, kv_len)
     if chosen == "cudnn":

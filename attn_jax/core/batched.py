@@ -61,15 +61,15 @@ def reference_attention(
   return batched(query, key, value, bias, mask)
 
 
-def _grouped(x: Array | None, num_kv_heads: int, groups: int) -> Array | None:
-  # [B|1, N|1, T|1, S|1] -> [B|1, K|1, G|1, T|1, S|1], matching the grouped query layout (left
-  # 4-D without grouped-query heads).
-  if x is None or groups == 1:
-    return x
+def group_heads(x: Array | None, num_kv_heads: int) -> Array | None:
+  """[B|1, N|1, T|1, S|1] -> [B|1, K|1, G|1, T|1, S|1]: query head n = k * G + g reads key/value
+  head k (G = N // K). None stays None."""
+  if x is None:
+    return None
   b, n, t, s = x.shape
   if n == 1:
-    return x[:, :, None]
-  return jnp.reshape(x, (b, num_kv_heads, groups, t, s))
+    return x.reshape(b, 1, 1, t, s)
+  return x.reshape(b, num_kv_heads, n // num_kv_heads, t, s)
 
 
 def xla_logits(query: Array, key: Array, *, scale: float, score: str = "dot") -> Array:
@@ -112,9 +112,12 @@ def xla_weights(
   num_kv_heads = key.shape[2]
   groups = query.shape[2] // num_kv_heads
   logits = xla_logits(query, key, scale=scale, score=score)
+  # The logits are 4-D without grouped-query heads (see `xla_logits`), 5-D with them.
+  grouped = (lambda x: x) if groups == 1 else functools.partial(group_heads,
+                                                                 num_kv_heads=num_kv_heads)
   if bias is not None:
-    logits = logits + _grouped(bias, num_kv_heads, groups).astype(logits.dtype)
-  return masked_softmax(logits, _grouped(mask, num_kv_heads, groups))
+    logits = logits + grouped(bias).astype(logits.dtype)
+  return masked_softmax(logits, grouped(mask))
 
 
 def xla_attention(

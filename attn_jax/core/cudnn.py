@@ -61,18 +61,21 @@ def cudnn_attention(
   ``combined_mask`` is every mask folded into one [B|1, N|1, T, S] boolean (or None); it decides
   which key/value rows are padding and which query rows are fully masked.
   """
+  row_BTN1 = None
   if combined_mask is not None:
     seen_BS11 = jnp.any(combined_mask, axis=(1, 2))[:, :, None, None]
     key = jnp.where(seen_BS11, key, jnp.zeros((), key.dtype))
     value = jnp.where(seen_BS11, value, jnp.zeros((), value.dtype))
+    # A query row that may see no key must not reach the keys' gradient either (0 * NaN).
+    row_BTN1 = jnp.swapaxes(jnp.any(combined_mask, axis=-1), 1, 2)[..., None]  # [B|1, T, N|1, 1]
+    query = jnp.where(row_BTN1, query, jnp.zeros((), query.dtype))
   if bias is not None:
     bias = bias.astype(query.dtype)
   out = jax.nn.dot_product_attention(
       query, key, value, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
       local_window_size=local_window_size, implementation="cudnn")
-  if combined_mask is not None:
-    row_BTN1 = jnp.swapaxes(jnp.any(combined_mask, axis=-1), 1, 2)[..., None]  # [B|1, T, N|1, 1]
+  if row_BTN1 is not None:
     out = jnp.where(row_BTN1, out, jnp.zeros((), out.dtype))
   return out
 

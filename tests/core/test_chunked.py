@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from attn_jax.core import scores
-from attn_jax.core.chunked import _block_ranges, _Config, chunked_attention
+from attn_jax.core import block_mask, scores
+from attn_jax.core.block_mask import EMPTY, FULL, PARTIAL, Layout
+from attn_jax.core.chunked import chunked_attention
 
 # ----------------------------------------------------------------------------- references
 
@@ -167,18 +168,26 @@ def test_value_worked_out_by_hand():
   np.testing.assert_allclose(out[0, 0, 0], [1 / (1 + np.e), np.e / (1 + np.e)], rtol=1e-6)
 
 
-def test_block_ranges_skip_blocks_outside_the_band():
-  causal = _Config(16, 16, 4, 4, True, None, 1.0, None)
-  key_lo, key_hi, query_lo, query_hi = _block_ranges(causal)
-  np.testing.assert_array_equal(key_lo, [0, 0, 0, 0])
-  np.testing.assert_array_equal(key_hi, [1, 2, 3, 4])  # query block i needs key blocks <= i
-  np.testing.assert_array_equal(query_lo, [0, 1, 2, 3])
-  np.testing.assert_array_equal(query_hi, [4, 4, 4, 4])
+def test_static_plan_skips_blocks_outside_the_band():
+  E, P, F = EMPTY, PARTIAL, FULL
+  causal = Layout(16, 16, 4, 4, kv_heads=1, groups=1, is_causal=True, window=None)
+  summary = block_mask.static_summary(causal, 1, None)
+  # Diagonal blocks partial, blocks below full, blocks above never visited.
+  np.testing.assert_array_equal(summary.kind[0], [[P, E, E, E], [F, P, E, E], [F, F, P, E],
+                                                  [F, F, F, P]])
+  plan, fwd_steps, bwd_steps = block_mask.plan(summary.kind, summary.kind)
+  assert (fwd_steps, bwd_steps) == (4, 4)
+  np.testing.assert_array_equal(plan.fwd_count[0], [1, 2, 3, 4])  # query block i: key blocks <= i
+  np.testing.assert_array_equal(plan.bwd_count[0], [4, 3, 2, 1])
+  np.testing.assert_array_equal(plan.bwd_order[0, 2, :2], [2, 3])
   # Window (left 4, right 0) over blocks of 4: query block i needs key blocks i - 1 and i.
-  window = _Config(16, 16, 4, 4, False, (4, 0), 1.0, None)
-  key_lo, key_hi, _, _ = _block_ranges(window)
-  np.testing.assert_array_equal(key_lo, [0, 0, 1, 2])
-  np.testing.assert_array_equal(key_hi, [1, 2, 3, 4])
+  window = Layout(16, 16, 4, 4, kv_heads=1, groups=1, is_causal=False, window=(4, 0))
+  summary = block_mask.static_summary(window, 1, None)
+  np.testing.assert_array_equal(summary.kind[0], [[P, E, E, E], [P, P, E, E], [E, P, P, E],
+                                                  [E, E, P, P]])
+  plan, fwd_steps, _ = block_mask.plan(summary.kind, summary.kind)
+  assert fwd_steps == 2
+  np.testing.assert_array_equal(plan.fwd_order[0, :, :2], [[0, 1], [0, 1], [1, 2], [2, 3]])
 
 
 @pytest.mark.usefixtures("x64")
