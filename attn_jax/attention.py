@@ -20,14 +20,30 @@ Implementation = Literal["reference", "xla", "cudnn", "chunked"]
 IMPLEMENTATIONS = ("reference", "xla", "cudnn", "chunked")
 SCORES = ("dot", "cosine")
 
-# Above this many float32 logits per call (B * N * T * S), the default moves from the XLA path to
-# the chunked one: XLA materialises the [B, N, T, S] logits and probabilities (and keeps them for
-# the backward pass), the chunked kernel holds O(T * block). 2^26 logits = 256 MiB per buffer.
-CHUNKED_MIN_LOGITS = 2**26
-# On CPU the chunked kernel is also the faster one from about T * S = 1024^2 per head (measured in
-# benchmarks/README.md: 0.8x XLA's time at L1024, 0.6x at L8192, forward + backward); below that
-# XLA wins or ties and compiles faster.
+# The default dispatch, after cuDNN (where it applies, see `cudnn.unsupported_reason`):
+#
+# - CPU: chunked from T * S = 1024^2 logits per head, where it is also the faster kernel (see
+#   benchmarks/README.md for the measured rows), or from CHUNKED_MIN_LOGITS per call; XLA below.
+# - Accelerators (GPU, TPU): a memory rule until a measurement says better. The XLA path keeps the
+#   float32 logits and probabilities of every [B, N, T, S] entry for the backward pass,
+#   XLA_BYTES_PER_LOGIT bytes per entry; the default moves to chunked when that would exceed
+#   ACCELERATOR_MEMORY_FRACTION of the device's free memory (`Device.memory_stats`). A device that
+#   reports no memory statistics falls back to CHUNKED_MIN_LOGITS.
+CHUNKED_MIN_LOGITS = 2**26  # 256 MiB per float32 buffer
 CHUNKED_MIN_CPU_LOGITS_PER_HEAD = 2**20
+XLA_BYTES_PER_LOGIT = 8
+ACCELERATOR_MEMORY_FRACTION = 0.5
+
+
+def device_free_bytes() -> int | None:
+  """Free memory of the default device (bytes_limit - bytes_in_use), None if it does not say."""
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except (RuntimeError, NotImplementedError, AttributeError):
+    return None
+  if not stats or "bytes_limit" not in stats:
+    return None
+  return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
 
 
 def _ensure_4d(x: Array | None, name: str) -> Array | None:
@@ -124,18 +140,24 @@ def _combined_mask(mask, is_causal, query_seq_lengths, key_value_seq_lengths,
   )
 
 
-def _choose(query, key, value, bias, mask, *, score, is_causal, local_window_size) -> str:
+def _choose(query, key, value, bias, mask, *, score, is_causal, local_window_size,
+            has_seq_lengths) -> str:
   """The fastest implementation valid for these (validated, 4-D) arguments on this backend."""
-  if cudnn.unsupported_reason(query, key, value, bias, mask, score=score,
-                              local_window_size=local_window_size, is_causal=is_causal) is None:
+  if cudnn.unsupported_reason(query, key, value, bias, mask, score=score, is_causal=is_causal,
+                              local_window_size=local_window_size,
+                              has_seq_lengths=has_seq_lengths) is None:
     return "cudnn"
   batch, q_len, num_heads, _ = query.shape
   per_head = q_len * key.shape[1]
-  if batch * num_heads * per_head >= CHUNKED_MIN_LOGITS:
-    return "chunked"
-  if jax.default_backend() == "cpu" and per_head >= CHUNKED_MIN_CPU_LOGITS_PER_HEAD:
-    return "chunked"
-  return "xla"
+  logits = batch * num_heads * per_head
+  if jax.default_backend() == "cpu":
+    cpu_chunked = per_head >= CHUNKED_MIN_CPU_LOGITS_PER_HEAD or logits >= CHUNKED_MIN_LOGITS
+    return "chunked" if cpu_chunked else "xla"
+  free = device_free_bytes()
+  if free is None:
+    return "chunked" if logits >= CHUNKED_MIN_LOGITS else "xla"
+  too_big = logits * XLA_BYTES_PER_LOGIT > ACCELERATOR_MEMORY_FRACTION * free
+  return "chunked" if too_big else "xla"
 
 
 def select_implementation(
@@ -147,21 +169,23 @@ def select_implementation(
   Takes the same arguments; returns one of ``IMPLEMENTATIONS``, or raises the ValueError the call
   would raise (bad shapes, or a requested implementation that cannot serve the arguments).
   """
-  query, key, value, bias, mask, _, _, local_window_size = _validate(
+  query, key, value, bias, mask, q_lengths, kv_lengths, local_window_size = _validate(
       query, key, value, bias, mask, query_seq_lengths, key_value_seq_lengths,
       local_window_size, score, implementation)
   return _resolve(implementation, query, key, value, bias, mask, score=score,
-                  is_causal=is_causal, local_window_size=local_window_size)
+                  is_causal=is_causal, local_window_size=local_window_size,
+                  has_seq_lengths=q_lengths is not None or kv_lengths is not None)
 
 
 def _resolve(implementation, query, key, value, bias, mask, *, score, is_causal,
-             local_window_size) -> str:
+             local_window_size, has_seq_lengths) -> str:
   if implementation is None:
     return _choose(query, key, value, bias, mask, score=score, is_causal=is_causal,
-                   local_window_size=local_window_size)
+                   local_window_size=local_window_size, has_seq_lengths=has_seq_lengths)
   if implementation == "cudnn":
     reason = cudnn.unsupported_reason(query, key, value, bias, mask, score=score,
-                                      local_window_size=local_window_size, is_causal=is_causal)
+                                      is_causal=is_causal, local_window_size=local_window_size,
+                                      has_seq_lengths=has_seq_lengths)
     if reason is not None:
       raise ValueError(f"implementation='cudnn' cannot serve these arguments: {reason}")
   return implementation
@@ -199,7 +223,8 @@ def dot_product_attention(
       query, key, value, bias, mask, query_seq_lengths, key_value_seq_lengths,
       local_window_size, score, implementation)
   chosen = _resolve(implementation, query, key, value, bias, mask, score=score,
-                    is_causal=is_causal, local_window_size=window)
+                    is_causal=is_causal, local_window_size=window,
+                    has_seq_lengths=q_lengths is not None or kv_lengths is not None)
   scale = _default_scale(score, query.shape[-1], scale)
   q_len, kv_len = query.shape[1], key.shape[1]
   if chosen == "chunked":
@@ -242,5 +267,6 @@ def attention_weights(
   batch, q_len, num_heads, _ = query.shape
   combined = _combined_mask(mask, is_causal, None, None, None, q_len, key.shape[1])
   weights = batched.xla_weights(query, key, bias, combined, scale=scale, score=score)
-  weights = jnp.reshape(weights, (batch, num_heads, q_len, key.shape[1]))  # (grouped) -> [B, N, T, S]
+  # (grouped) -> [B, N, T, S]
+  weights = jnp.reshape(weights, (batch, num_heads, q_len, key.shape[1]))
   return weights[0] if unbatched else weights

@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import importlib.util
+import math
 import os
 
 
@@ -82,3 +83,27 @@ def x64():
   """Run the test body with 64-bit types enabled (for `check_grads`), restoring the flag after."""
   with jax.enable_x64(True):
     yield
+
+
+def _t5_bucket(relative_position, bidirectional, num_buckets, max_distance):
+  """Hugging Face T5 `_relative_position_bucket` for one int, float32 like torch."""
+  bucket = 0
+  if bidirectional:
+    num_buckets //= 2
+    bucket += num_buckets if relative_position > 0 else 0
+    n = abs(relative_position)
+  else:
+    n = -min(relative_position, 0)
+  max_exact = num_buckets // 2
+  if n < max_exact:
+    return bucket + n
+  log_ratio = np.log(np.float32(n) / np.float32(max_exact)) / np.float32(
+      math.log(max_distance / max_exact))
+  large = max_exact + int(log_ratio * np.float32(num_buckets - max_exact))
+  return bucket + min(large, num_buckets - 1)
+
+
+@pytest.fixture
+def hf_t5_bucket():
+  """Hugging Face T5's bucket formula for one int: an independent check of the positional code."""
+  return _t5_bucket

@@ -527,6 +527,7 @@ def test_select_implementation_small_cpu_call_is_xla_and_explicit_choice_is_kept
 
 def test_select_implementation_moves_to_chunked_above_the_logits_threshold(monkeypatch):
   query, key, value, _, _ = CASES[0].arrays()  # float32: never cuDNN
+  monkeypatch.setattr(attention_module, "device_free_bytes", lambda: None)  # no memory stats
   num_logits = B * N * T * S
   assert num_logits < attention_module.CHUNKED_MIN_LOGITS
   monkeypatch.setattr(attention_module, "CHUNKED_MIN_LOGITS", num_logits + 1)
@@ -539,12 +540,53 @@ def test_select_implementation_moves_to_chunked_above_the_logits_threshold(monke
 def test_select_implementation_on_cpu_moves_to_chunked_for_long_sequences(monkeypatch):
   """On CPU the chunked kernel is the faster one for long sequences (T * S per head)."""
   query, key, value, _, _ = CASES[0].arrays()
-  assert jax.default_backend() == "cpu"
+  if jax.default_backend() != "cpu":
+    pytest.skip(f"the CPU rule; this backend is {jax.default_backend()!r}")
   monkeypatch.setattr(attention_module, "CHUNKED_MIN_CPU_LOGITS_PER_HEAD", T * S + 1)
   assert attn_jax.select_implementation(query, key, value) == "xla"
   monkeypatch.setattr(attention_module, "CHUNKED_MIN_CPU_LOGITS_PER_HEAD", T * S)
   assert attn_jax.select_implementation(query, key, value) == "chunked"
   assert attn_jax.select_implementation(query[:, :-1], key, value) == "xla"  # T * S smaller
+
+
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+def test_on_accelerators_chunked_when_xla_would_not_fit_in_free_memory(monkeypatch, backend):
+  """The XLA path keeps 8 bytes per logit for the backward; chunked beyond half the free memory."""
+  query, key, value, _, _ = CASES[0].arrays()  # float32: never cuDNN
+  xla_bytes = B * N * T * S * attention_module.XLA_BYTES_PER_LOGIT
+  monkeypatch.setattr(attention_module.jax, "default_backend", lambda: backend)
+  monkeypatch.setattr(attention_module.cudnn, "device_capability", lambda: None)
+  monkeypatch.setattr(attention_module, "device_free_bytes", lambda: 2 * xla_bytes)
+  assert attn_jax.select_implementation(query, key, value) == "xla"  # exactly half: fits
+  monkeypatch.setattr(attention_module, "device_free_bytes", lambda: 2 * xla_bytes - 1)
+  assert attn_jax.select_implementation(query, key, value) == "chunked"
+  # Far below CPU's per-head threshold: the accelerator rule alone decides.
+  monkeypatch.setattr(attention_module, "device_free_bytes", lambda: 10**12)
+  assert attn_jax.select_implementation(query, key, value) == "xla"
+
+
+def test_device_free_bytes_reads_memory_stats_or_says_none():
+  free = attention_module.device_free_bytes()
+  stats = jax.devices()[0].memory_stats()
+  if not stats:
+    assert free is None
+  else:
+    assert free == stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+
+
+def test_repeated_eager_calls_compile_the_chunked_kernel_once():
+  """Cosine and dot on the chunked path: the same shapes reuse one compiled program."""
+  from attn_jax.core import chunked
+
+  query, key, value, _, _ = CASES[0].arrays()
+  for score in ("cosine", "dot"):
+    call = lambda q, score=score: attn_jax.dot_product_attention(
+        q, key, value, score=score, implementation="chunked")
+    call(query)
+    before = chunked.attend._cache_size()
+    for step in range(3):
+      call(query + step)
+    assert chunked.attend._cache_size() == before, score
 
 
 def test_default_above_the_threshold_runs_chunked_and_agrees(monkeypatch):

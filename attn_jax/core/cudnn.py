@@ -13,41 +13,96 @@ Array = jax.Array
 _DTYPES = (jnp.bfloat16, jnp.float16)
 
 
-def unsupported_reason(
-    query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None, *,
-    score: str, local_window_size: tuple[int, int] | None, is_causal: bool,
-) -> str | None:
-  """Why cuDNN cannot serve these (4-D, validated) arguments, or None when it can."""
-  if score != "dot":
-    return f"cuDNN computes only the scaled dot product; got score={score!r}"
+def device_capability() -> tuple[int, ...] | None:
+  """The compute capability of the first NVIDIA GPU, e.g. (9, 0); None without one."""
   try:
     devices = jax.devices()
   except RuntimeError:
-    devices = []
+    return None
   gpu = next((d for d in devices if d.platform == "gpu"), None)
   try:
-    capability = tuple(int(x) for x in str(gpu.compute_capability).split("."))
+    return tuple(int(x) for x in str(gpu.compute_capability).split("."))
   except (AttributeError, ValueError):  # no GPU, or not a CUDA one (ROCm reports "gfx...")
+    return None
+
+
+def cudnn_version() -> int | None:
+  """The cuDNN version as jax reads it (e.g. 91000 for 9.10.0); None where it finds none."""
+  try:
+    from jax._src.lib import cuda_versions  # noqa: PLC0415
+  except ImportError:
+    return None
+  return None if cuda_versions is None else cuda_versions.cudnn_get_version()
+
+
+def _jax_layout_check(query, key, value, bias_shape, has_seq_lengths) -> str | None:
+  """jax's own shape and dtype checks of its cuDNN path (`check_layout`: pure, runs anywhere)."""
+  try:
+    from jax._src.cudnn import fused_attention_stablehlo as fused  # noqa: PLC0415
+  except ImportError:  # another jax layout: our own rules above still apply
+    return None
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
+  lengths = spec((query.shape[0],), jnp.int32) if has_seq_lengths else None
+  bias = None if bias_shape is None else spec(bias_shape, query.dtype)
+  try:
+    fused.check_layout(query, key, value, bias, lengths, lengths, None, None, None, None,
+                       fused.AttentionLayout.BTNH)
+  except (ValueError, NotImplementedError) as e:
+    return f"jax's cuDNN layout check: {e}"
+  return None
+
+
+def unsupported_reason(
+    query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None, *,
+    score: str, is_causal: bool, local_window_size: tuple[int, int] | None,
+    has_seq_lengths: bool, has_mods: bool = False,
+) -> str | None:
+  """Why cuDNN cannot serve these (4-D, validated) arguments, or None when it can.
+
+  Mirrors the checks `jax.nn.dot_product_attention(implementation="cudnn")` makes (jax 0.10:
+  `jax/_src/nn/functions.py` and `jax/_src/cudnn/fused_attention_stablehlo.py`), for a call
+  that may be differentiated (the backward pass adds the even-length rule for biases).
+  """
+  if score != "dot":
+    return f"cuDNN computes only the scaled dot product; got score={score!r}"
+  if has_mods:
+    return "cuDNN takes no score_mod or mask_mod (use 'chunked', 'xla' or 'reference')"
+  capability = device_capability()
+  if capability is None:
     return f"cuDNN needs an NVIDIA GPU; the default backend is {jax.default_backend()!r}"
   if capability < (8, 0):
     return f"cuDNN flash attention needs compute capability >= 8.0; got {capability}"
+  version = cudnn_version()
+  if version is None:
+    return "cuDNN is not detected (install jax with its CUDA plugin)"
+  if capability == (10, 3) and version < 91100:
+    return f"compute capability 10.3 needs cuDNN >= 9.11; got {version}"
   if query.dtype not in _DTYPES:
     return f"cuDNN needs bfloat16 or float16 inputs; got {query.dtype}"
   head_dim = query.shape[-1]
   max_dim = 256 if capability >= (9, 0) else 128
-  if head_dim % 8 or head_dim > max_dim or value.shape[-1] != head_dim:
-    return (f"cuDNN needs head_dim a multiple of 8 and <= {max_dim}, equal for key and value; got "
-            f"query {query.shape}, value {value.shape}")
+  if head_dim % 8 or head_dim > max_dim:
+    return f"cuDNN needs head_dim a multiple of 8 and <= {max_dim}; got query {query.shape}"
   q_len, kv_len = query.shape[1], key.shape[1]
-  if bias is not None and (bias.shape[2] != q_len or bias.shape[3] != kv_len):
-    return f"cuDNN needs a bias with full [.., {q_len}, {kv_len}] lengths; got {bias.shape}"
-  if bias is not None and (q_len % 2 or kv_len % 2):
-    return f"cuDNN with a bias needs even lengths; got q_len {q_len}, kv_len {kv_len}"
-  if mask is not None and (mask.shape[2] != q_len or mask.shape[3] != kv_len):
-    return f"cuDNN needs a mask with full [.., {q_len}, {kv_len}] lengths; got {mask.shape}"
-  if local_window_size is not None and local_window_size[1] != 0 and not is_causal:
-    return f"cuDNN supports only left windows unless causal; got {local_window_size}"
-  return None
+  # jax folds a boolean mask into the bias: what reaches cuDNN is their broadcast sum.
+  shapes = [x.shape for x in (bias, mask) if x is not None]
+  bias_shape = jnp.broadcast_shapes(*shapes) if shapes else None
+  if bias_shape is not None and bias_shape[2:] != (q_len, kv_len):
+    return (f"cuDNN needs bias and mask to cover the full [{q_len}, {kv_len}] lengths; got "
+            f"{' and '.join(str(s) for s in shapes)}")
+  # jax's training-mode check demands even lengths "with a bias", and its cuDNN path always
+  # passes one (an empty placeholder when there is none): every differentiable call needs them.
+  if q_len % 2 or kv_len % 2:
+    return (f"cuDNN's backward pass (as jax calls it) needs even lengths; got q_len {q_len}, "
+            f"kv_len {kv_len}")
+  # A right window works only under jax's plain CAUSAL mask type (the causal mask hides it);
+  # with sequence lengths the type is PADDING_CAUSAL, which refuses it.
+  if local_window_size is not None and local_window_size[1] != 0 and (
+      not is_causal or has_seq_lengths):
+    return (f"cuDNN supports a right window only with is_causal and no sequence lengths; got "
+            f"local_window_size={local_window_size}, is_causal={is_causal}, sequence lengths "
+            f"{'given' if has_seq_lengths else 'absent'}")
+  return _jax_layout_check(query, key, value, bias_shape, has_seq_lengths)
 
 
 def cudnn_attention(

@@ -243,24 +243,6 @@ def test_alibi_bias():
 # T5 relative position buckets and bias.
 
 
-def _hf_t5_bucket(relative_position, bidirectional, num_buckets, max_distance):
-  """Hugging Face T5 `_relative_position_bucket` for one int, float32 like torch."""
-  bucket = 0
-  if bidirectional:
-    num_buckets //= 2
-    bucket += num_buckets if relative_position > 0 else 0
-    n = abs(relative_position)
-  else:
-    n = -min(relative_position, 0)
-  max_exact = num_buckets // 2
-  if n < max_exact:
-    return bucket + n
-  log_ratio = np.log(np.float32(n) / np.float32(max_exact)) / np.float32(
-      math.log(max_distance / max_exact))
-  large = max_exact + int(log_ratio * np.float32(num_buckets - max_exact))
-  return bucket + min(large, num_buckets - 1)
-
-
 def test_t5_buckets_by_hand():
   # Bidirectional, 32 buckets, max_distance 128: 16 per side, exact below 8, then
   # 8 + int(log(n / 8) / log(16) * 8), capped at 15; keys after the query add 16.
@@ -277,9 +259,9 @@ def test_t5_buckets_by_hand():
 
 @pytest.mark.parametrize(
     "bidirectional, num_buckets, max_distance", [(True, 32, 128), (False, 32, 128), (True, 16, 40)])
-def test_t5_buckets_match_hf_formula(bidirectional, num_buckets, max_distance):
+def test_t5_buckets_match_hf_formula(bidirectional, num_buckets, max_distance, hf_t5_bucket):
   rel = np.arange(-300, 301)
-  expected = [_hf_t5_bucket(int(r), bidirectional, num_buckets, max_distance) for r in rel]
+  expected = [hf_t5_bucket(int(r), bidirectional, num_buckets, max_distance) for r in rel]
   bucket_fn = jax.jit(
       positional.relative_position_bucket,
       static_argnames=("bidirectional", "num_buckets", "max_distance"))
@@ -290,7 +272,7 @@ def test_t5_buckets_match_hf_formula(bidirectional, num_buckets, max_distance):
   np.testing.assert_array_equal(got, expected)
 
 
-def test_relative_position_bias():
+def test_relative_position_bias(hf_t5_bucket):
   num_buckets, num_heads = 32, 3
   table = jnp.arange(num_buckets * num_heads, dtype=jnp.float32).reshape(num_buckets, num_heads)
   query_positions, key_positions = jnp.arange(3), jnp.arange(5)
@@ -299,7 +281,7 @@ def test_relative_position_bias():
   for t in range(3):
     for s in range(5):
       # Relative position is key - query, as in T5.
-      bucket = _hf_t5_bucket(s - t, True, num_buckets, 128)
+      bucket = hf_t5_bucket(s - t, True, num_buckets, 128)
       np.testing.assert_array_equal(bias[:, t, s], np.asarray(table)[bucket])
   # By hand: query 0 / key 1 is offset +1 -> bucket 17; query 2 / key 0 is -2 -> bucket 2.
   np.testing.assert_array_equal(bias[:, 0, 1], table[17])

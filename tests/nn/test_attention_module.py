@@ -66,6 +66,8 @@ def test_scores_and_positions_causal_by_gradient(score, positional):
   """No gradient flows from positions j > i into output i under a causal mask."""
   mha = MultiHeadAttention(num_heads=2, in_features=8, score=score, positional=positional,
                            rngs=nnx.Rngs(0))
+  if positional == "relative":  # a zero table (its init) could hide a bucket or causality bug
+    mha.relative_table[...] = _inputs(*mha.relative_table.shape, seed=3)
   x = _inputs(1, 6, 8)
   i = 2
   grad = jax.grad(lambda x: mha(x, is_causal=True)[0, i].sum())(x)
@@ -75,6 +77,32 @@ def test_scores_and_positions_causal_by_gradient(score, positional):
   # The fast path and the explicit-weights path agree.
   np.testing.assert_allclose(mha(x, is_causal=True), mha(x, is_causal=True,
                                                           return_weights=True)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_relative_positions_equal_an_explicit_t5_bias(causal, hf_t5_bucket):
+  """The learned T5 table, bucketed bidirectionally for the encoder and one-way when causal,
+  equals the same attention given the bias built from Hugging Face's bucket formula."""
+  num_buckets, max_distance, heads, length = 8, 6, 2, 9
+  kwargs = dict(num_heads=heads, in_features=8, num_buckets=num_buckets,
+                max_distance=max_distance)
+  relative = MultiHeadAttention(positional="relative", rngs=nnx.Rngs(0), **kwargs)
+  plain = MultiHeadAttention(positional="none", rngs=nnx.Rngs(0), **kwargs)  # same weights
+  table = np.asarray(_inputs(num_buckets, heads, seed=3))
+  relative.relative_table[...] = jnp.asarray(table)
+  bias = np.zeros((1, heads, length, length), np.float32)
+  for t in range(length):
+    for s in range(length):
+      bias[0, :, t, s] = table[hf_t5_bucket(s - t, not causal, num_buckets, max_distance)]
+  x = _inputs(2, length, 8)
+  np.testing.assert_allclose(relative(x, is_causal=causal),
+                             plain(x, bias=jnp.asarray(bias), is_causal=causal), atol=1e-5)
+  # Every bucket the pattern uses receives gradient, in both directions when bidirectional.
+  grads = nnx.grad(lambda module: module(x, is_causal=causal).sum())(relative)
+  grad = np.asarray(grads["relative_table"][...])
+  used = {hf_t5_bucket(d, not causal, num_buckets, max_distance)
+          for d in range(-length + 1, length) if not (causal and d > 0)}
+  assert all(np.any(grad[b] != 0) for b in used)
 
 
 def test_bilinear_starts_as_scaled_dot():
