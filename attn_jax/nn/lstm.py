@@ -1,6 +1,6 @@
 """Recurrent baselines: a stacked LSTM, and an LSTM whose outputs attend over its own past states.
 
-Written for speed on long sequences (issue 4):
+Written for speed on long sequences:
 
 - time-major inside ([L, B, ...]): the scan walks the leading axis, so no per-step transposes;
 - all timesteps' input projections happen in one matmul before the recurrence, and the four gates

@@ -1,7 +1,7 @@
 """Synthetic long-range tasks: pure functions of a PRNG key returning a `Batch`.
 
 A run's data is a function of (seed, step) alone, so training is reproducible and resumable with
-no iterator state. See CONTRACT.md section 3.
+no iterator state.
 """
 
 from attn_jax.tasks.batch import Batch
