@@ -18,7 +18,7 @@ from attn_jax.core import batched, chunked, cudnn, masks, scores
 Array = jax.Array
 Implementation = Literal["reference", "xla", "cudnn", "chunked"]
 IMPLEMENTATIONS = ("reference", "xla", "cudnn", "chunked")
-SCORES = ("dot", "cosine")
+SCORES = scores.PARAMETER_FREE  # the scores taken by name here (weighted ones: the modules)
 
 # The default dispatch, after cuDNN (where it applies, see `cudnn.unsupported_reason`):
 #

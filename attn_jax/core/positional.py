@@ -14,6 +14,12 @@ import numpy as np
 
 Array = jax.Array
 
+# The positional-scheme names of the whole toolkit (modules, configs): absolute embeddings added to
+# the token embedding, and schemes applied inside every attention layer.
+ABSOLUTE = ("sinusoidal", "learned")
+IN_ATTENTION = ("rope", "alibi", "relative")
+SCHEMES = ("none", *ABSOLUTE, *IN_ATTENTION)
+
 
 def _check_positive_even(value: int, name: str) -> None:
   if value <= 0 or value % 2:

@@ -116,17 +116,21 @@ def _logits_dtype(x: Array):
   return jnp.promote_types(x.dtype, jnp.float32)
 
 
+# The score names of the whole toolkit (the batched API, the modules, configs). "dot" is the scaled
+# dot product everywhere; the plain `dot` function is its unscaled building block.
 SCORES: dict[str, ScoreFn] = {
-    "dot": dot,
-    "scaled_dot": scaled_dot,
+    "dot": scaled_dot,
     "cosine": cosine,
     "additive": additive,
     "bilinear": bilinear,
 }
+# The scores without weights: the ones `attn_jax.dot_product_attention` takes by name.
+PARAMETER_FREE = ("dot", "cosine")
 
 
 def get_score(name: str) -> ScoreFn:
-  """Look a score function up by name; raises ValueError listing the known names."""
+  """The score function registered under ``name`` (see `SCORES`); raises ValueError listing the
+  known names."""
   try:
     return SCORES[name]
   except KeyError:

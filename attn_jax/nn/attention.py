@@ -13,12 +13,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attn_jax.attention import dot_product_attention
-from attn_jax.core import batched, positional, scores
+from attn_jax.core import batched, masks, positional, scores
 
 Array = jax.Array
 
-SCORES = ("dot", "cosine", "additive", "bilinear")
-POSITIONAL = ("none", "rope", "alibi", "relative")
+POSITIONAL = ("none", *positional.IN_ATTENTION)  # the schemes applied inside attention
 
 
 def _kernel_init(in_axis=0, out_axis=-1):
@@ -54,8 +53,8 @@ class MultiHeadAttention(nnx.Module):
       if in_features % num_heads:
         raise ValueError(f"num_heads ({num_heads}) must divide in_features ({in_features})")
       head_dim = in_features // num_heads
-    if score not in SCORES:
-      raise ValueError(f"score must be one of {SCORES}; got {score!r}")
+    if score not in scores.SCORES:
+      raise ValueError(f"score must be one of {tuple(scores.SCORES)}; got {score!r}")
     if positional not in POSITIONAL:
       raise ValueError(f"positional must be one of {POSITIONAL}; got {positional!r}")
     if positional == "rope" and head_dim % 2:
@@ -65,10 +64,14 @@ class MultiHeadAttention(nnx.Module):
     self.num_buckets, self.max_distance = num_buckets, max_distance
     out_features = in_features if out_features is None else out_features
     key = rngs.params
-    # One fused projection for query, key and value heads: [D, N + 2K, H]. Self-attention runs
-    # it as a single matmul; cross-attention slices it (queries from one input, kv from another).
-    self.qkv_kernel = nnx.Param(_kernel_init(0, (1, 2))(
-        key(), (in_features, num_heads + 2 * num_kv_heads, head_dim)))
+    # One fused projection for query, key and value heads, grouped by key/value head:
+    # [D, K, G + 2, H] holds, for kv head k, its G query heads, then its key and its value. A
+    # shard of the K axis (the model axis of a device mesh) thus owns whole groups: attention runs
+    # on each device with no exchange of activations. Self-attention runs it as one matmul;
+    # cross-attention slices it (queries from one input, key/value from another).
+    groups = num_heads // num_kv_heads
+    self.qkv_kernel = nnx.Param(_kernel_init(0, (1, 2, 3))(
+        key(), (in_features, num_kv_heads, groups + 2, head_dim)))
     # Biases for queries and values only: a key bias adds q . b_k to every logit of a row, which
     # the softmax ignores; its gradient is rounding noise that Adam would blow up to full steps.
     self.query_bias = nnx.Param(jnp.zeros((num_heads, head_dim))) if use_bias else None
@@ -99,17 +102,23 @@ class MultiHeadAttention(nnx.Module):
     the [B, N, T, S] logits downstream: one less pass over the largest tensor of the layer.
     """
     n, k = self.num_heads, self.num_kv_heads
-    w = self.qkv_kernel[...]
+    g = n // k
+    w = self.qkv_kernel[...]  # [D, K, G + 2, H]
     if query_scale is not None:
-      w = jnp.concatenate([w[:, :n] * jnp.asarray(query_scale, w.dtype), w[:, n:]], axis=1)
+      w = jnp.concatenate([w[:, :, :g] * jnp.asarray(query_scale, w.dtype), w[:, :, g:]], axis=2)
     if inputs_kv is None:
-      qkv_BTPH = jnp.einsum("btd,dph->btph", inputs_q, w.astype(inputs_q.dtype))  # P = N + 2K
+      # [B, T, D] x [D, K, P, H] -> [B, T, K, P, H], P = G + 2
+      qkv = jnp.einsum("btd,dkph->btkph", inputs_q, w.astype(inputs_q.dtype))
       # split, not three slices: its transpose is one concatenate, where slices' is three pads.
-      query, key, value = jnp.split(qkv_BTPH, [n, n + k], axis=2)
+      query, key, value = jnp.split(qkv, [g, g + 1], axis=3)
     else:
-      query = jnp.einsum("btd,dnh->btnh", inputs_q, w[:, :n].astype(inputs_q.dtype))
-      kv_BSPH = jnp.einsum("bsd,dph->bsph", inputs_kv, w[:, n:].astype(inputs_kv.dtype))
-      key, value = jnp.split(kv_BSPH, [k], axis=2)
+      query = jnp.einsum("btd,dkgh->btkgh", inputs_q, w[:, :, :g].astype(inputs_q.dtype))
+      kv = jnp.einsum("bsd,dkph->bskph", inputs_kv, w[:, :, g:].astype(inputs_kv.dtype))
+      key, value = jnp.split(kv, [1], axis=3)
+    batch, q_len = query.shape[:2]
+    # [B, T, K, G, H] -> [B, T, N, H] (head n = k * G + g); [B, S, K, 1, H] -> [B, S, K, H]
+    query = query.reshape(batch, q_len, n, -1)
+    key, value = key[:, :, :, 0], value[:, :, :, 0]
     if self.query_bias is not None:
       query_bias = self.query_bias[...]
       if query_scale is not None:
@@ -174,8 +183,8 @@ class MultiHeadAttention(nnx.Module):
   def _attend_with_weights(self, query, key, value, bias, mask, is_causal):
     """The vmapped single-head path; returns ([B, T, N, H], weights [B, N, T, S])."""
     q_len, kv_len = query.shape[1], key.shape[1]
-    mask = _and(mask, jnp.tril(jnp.ones((q_len, kv_len), bool)) if is_causal else None)
     mask = None if mask is None else jnp.reshape(mask, (1,) * (4 - mask.ndim) + mask.shape)
+    mask = masks.and_masks(mask, masks.make_causal_mask(q_len, kv_len) if is_causal else None)
     bias = None if bias is None else jnp.reshape(bias, (1,) * (4 - bias.ndim) + bias.shape)
     if self.score in ("dot", "cosine"):
       scale = self.head_dim**-0.5 if self.score == "dot" else self.head_dim**0.5
@@ -193,10 +202,6 @@ class MultiHeadAttention(nnx.Module):
       weights = self.attn_dropout(weights)
       out = _combine_grouped(weights, value).astype(query.dtype)
     return out, weights
-
-
-def _and(a, b):
-  return b if a is None else a if b is None else jnp.logical_and(a, b)
 
 
 def _scaled(score_fn, scale):

@@ -9,8 +9,6 @@ from attn_jax.nn.attention import MultiHeadAttention
 
 Array = jax.Array
 
-ABSOLUTE = ("sinusoidal", "learned")
-POSITIONAL = ("sinusoidal", "learned", "rope", "alibi", "relative", "none")
 
 
 class Mlp(nnx.Module):
@@ -34,7 +32,7 @@ class EncoderBlock(nnx.Module):
     self.attn_norm = nnx.LayerNorm(d_model, rngs=rngs)
     self.attention = MultiHeadAttention(
         num_heads=num_heads, num_kv_heads=num_kv_heads, in_features=d_model, score=score,
-        positional=positional if positional not in ABSOLUTE else "none",
+        positional=positional if positional not in pos.ABSOLUTE else "none",
         dropout_rate=dropout_rate, implementation=implementation, rngs=rngs)
     self.mlp_norm = nnx.LayerNorm(d_model, rngs=rngs)
     self.mlp = Mlp(d_model=d_model, d_ff=d_ff, dropout_rate=dropout_rate, rngs=rngs)
@@ -68,8 +66,8 @@ class TransformerEncoder(nnx.Module):
       d_ff: int, dropout_rate: float = 0.0, positional: str = "sinusoidal", causal: bool = False,
       score: str = "dot", num_kv_heads: int | None = None, implementation: str | None = None,
       rngs: nnx.Rngs):
-    if positional not in POSITIONAL:
-      raise ValueError(f"positional must be one of {POSITIONAL}; got {positional!r}")
+    if positional not in pos.SCHEMES:
+      raise ValueError(f"positional must be one of {pos.SCHEMES}; got {positional!r}")
     if d_model % num_heads:
       raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
     if min(vocab_size, max_len, num_layers, d_ff) <= 0 or not 0.0 <= dropout_rate < 1.0:

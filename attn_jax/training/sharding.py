@@ -25,7 +25,7 @@ DATA, MODEL = "data", "model"
 # Which axis of a parameter holds heads (or MLP hidden units), by the parameter's name in the
 # module tree. Adam's moments mirror the parameters' tree, so the same rules place them too.
 _MODEL_AXIS_BY_NAME = {
-    ("attention", "qkv_kernel"): 1,  # [D, N + 2K, H]
+    ("attention", "qkv_kernel"): 1,  # [D, K, G + 2, H]: whole kv groups per shard
     ("attention", "query_bias"): 0,  # [N, H]
     ("attention", "value_bias"): 0,  # [K, H]
     ("attention", "out_kernel"): 0,  # [N, H, D]

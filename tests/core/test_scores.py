@@ -135,12 +135,13 @@ def test_cosine_zero_vector_gives_finite_logits_and_gradients():
 # ----------------------------------------------------------------------------- dtypes, vmap
 
 
-@pytest.mark.parametrize("name", ["dot", "scaled_dot", "cosine"])
-def test_bfloat16_inputs_give_float32_logits(name, pair):
+@pytest.mark.parametrize("fn", [scores.dot, scores.scaled_dot, scores.cosine],
+                         ids=["dot", "scaled_dot", "cosine"])
+def test_bfloat16_inputs_give_float32_logits(fn, pair):
   query, key = (jnp.asarray(x, jnp.bfloat16) for x in pair)
-  logits = scores.get_score(name)(query, key, None)
+  logits = fn(query, key, None)
   assert logits.dtype == jnp.float32
-  expected = scores.get_score(name)(query.astype(jnp.float32), key.astype(jnp.float32), None)
+  expected = fn(query.astype(jnp.float32), key.astype(jnp.float32), None)
   np.testing.assert_allclose(logits, expected, rtol=1e-6, atol=1e-6)
 
 
@@ -155,10 +156,11 @@ def test_scaled_dot_vmapped_over_heads_equals_batched_einsum(rng):
 # ----------------------------------------------------------------------------- errors, lookup
 
 
-@pytest.mark.parametrize("name", ["dot", "scaled_dot", "cosine"])
-def test_mismatched_key_dim_raises_naming_shapes(name):
+@pytest.mark.parametrize("fn", [scores.dot, scores.scaled_dot, scores.cosine],
+                         ids=["dot", "scaled_dot", "cosine"])
+def test_mismatched_key_dim_raises_naming_shapes(fn):
   with pytest.raises(ValueError, match=r"\(3, 4\).*\(5, 6\)"):
-    scores.get_score(name)(jnp.ones((3, 4)), jnp.ones((5, 6)), None)
+    fn(jnp.ones((3, 4)), jnp.ones((5, 6)), None)
 
 
 @pytest.mark.parametrize("name", list(scores.SCORES))
@@ -175,13 +177,14 @@ def test_bilinear_wrong_weight_shape_raises_naming_shapes():
 
 
 def test_get_score_returns_the_registered_functions():
-  assert set(scores.SCORES) == {"dot", "scaled_dot", "cosine", "additive", "bilinear"}
-  for name, fn in [("dot", scores.dot), ("scaled_dot", scores.scaled_dot),
-                   ("cosine", scores.cosine), ("additive", scores.additive),
-                   ("bilinear", scores.bilinear)]:
+  # "dot" means the scaled dot product, as in the batched API and the modules.
+  assert list(scores.SCORES) == ["dot", "cosine", "additive", "bilinear"]
+  for name, fn in [("dot", scores.scaled_dot), ("cosine", scores.cosine),
+                   ("additive", scores.additive), ("bilinear", scores.bilinear)]:
     assert scores.get_score(name) is fn
+  assert set(scores.PARAMETER_FREE) <= set(scores.SCORES)
 
 
 def test_get_score_unknown_name_raises_listing_known_names():
-  with pytest.raises(ValueError, match="'nope'.*scaled_dot"):
+  with pytest.raises(ValueError, match="'nope'.*bilinear"):
     scores.get_score("nope")

@@ -2,6 +2,8 @@
 runs this file in its own pytest process with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8``, set before jax is imported."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -54,7 +56,8 @@ def test_sharded_steps_equal_single_device(data, model, model_name):
   if model > 1:  # the heads really are split over the model axis
     qkv = state.params["blocks"][0]["attention"]["qkv_kernel"]
     qkv = qkv[...] if hasattr(qkv, "get_value") else qkv
-    assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "model", None)
+    # [D, K, G + 2, H]: split over the key/value heads, each with its query heads.
+    assert qkv.sharding.spec == jax.sharding.PartitionSpec(None, "model", None, None)
     assert qkv.addressable_shards[0].data.shape[1] == qkv.shape[1] // model
   state, losses = _train(fns.train_step, state)
   np.testing.assert_allclose(losses, single_losses, rtol=1e-5, atol=1e-5)
@@ -106,3 +109,42 @@ def test_indivisible_batch_or_heads_rejected():
   with pytest.raises(ValueError, match="-1"):
     shd.MeshSpec(data=-1, model=-1)
   assert shd.make_mesh(shd.MeshSpec(data=-1, model=2)).shape["data"] == 4
+
+
+_COLLECTIVE = re.compile(
+    r"= (\([^=]*\)|\S+) (all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)"
+    r"(-start)?\(")
+_FLOAT_SHAPE = re.compile(r"(?:f16|bf16|f32|f64)\[([0-9,]*)\]")
+
+
+def _float_collectives(hlo: str) -> list[tuple[str, tuple[int, ...]]]:
+  """(op, shape) of every floating-point collective in compiled HLO text (one per tuple element).
+  Integer ones move the sampled batch's indices, not activations."""
+  found = []
+  for result, op, _ in _COLLECTIVE.findall(hlo):
+    for dims in _FLOAT_SHAPE.findall(result):
+      found.append((op, tuple(int(d) for d in dims.split(",") if d)))
+  return found
+
+
+@pytest.mark.parametrize(("data", "model"), [(4, 2), (2, 4)])
+def test_head_parallel_step_exchanges_no_attention_activations(data, model):
+  """Each model shard holds whole key/value groups with their query heads, so between the QKV
+  projection and the output projection nothing crosses devices: the step's collectives carry
+  model activations [B/data, L, D] (the Megatron all-reduces), parameter gradients and scalars."""
+  task = make_task(TASK)
+  spec = model_spec("transformer", d_model=32, num_heads=8, d_ff=64, num_layers=1)
+  program = Program(lambda rngs: make_model(spec, vocab_size=task.vocab_size,
+                                            max_len=task.seq_len, rngs=rngs),
+                    task, TrainConfig(num_steps=STEPS, batch_size=16, warmup_steps=1))
+  mesh = shd.make_mesh(shd.MeshSpec(data=data, model=model))
+  fns = shd.shard_program(program, mesh)
+  state = fns.init(0)
+  hlo = fns.train_step.lower(state).compile().as_text()
+  local = lambda x: tuple(x.addressable_shards[0].data.shape)
+  allowed = {(16 // data, task.seq_len, 32)} | {local(x) for x in jax.tree.leaves(state.params)}
+  collectives = _float_collectives(hlo)
+  assert collectives, "expected the Megatron all-reduces"
+  stray = [(op, shape) for op, shape in collectives if len(shape) > 1 and shape not in allowed]
+  assert not stray, stray
+  assert {op for op, _ in collectives} == {"all-reduce"}

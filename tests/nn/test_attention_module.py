@@ -14,9 +14,11 @@ def _inputs(*shape, seed=0):
 
 
 def _copy_from_flax(flax_mha: nnx.MultiHeadAttention, ours: MultiHeadAttention) -> None:
-  """Load flax's separate q/k/v/out weights into our fused [D, N + 2K, H] kernel."""
-  kernels = [flax_mha.query.kernel[...], flax_mha.key.kernel[...], flax_mha.value.kernel[...]]
-  ours.qkv_kernel[...] = jnp.concatenate(kernels, axis=1)
+  """Load flax's separate q/k/v/out weights into our fused [D, K, G + 2, H] kernel."""
+  query, key, value = (getattr(flax_mha, name).kernel[...] for name in ("query", "key", "value"))
+  d, n, h = query.shape  # flax: [D, N, H] each, N = K here (no grouped heads)
+  ours.qkv_kernel[...] = jnp.concatenate(
+      [query.reshape(d, n, 1, h), key[:, :, None], value[:, :, None]], axis=2)
   # Random biases (flax starts them at zero) so the parity covers them; flax's key bias is a
   # softmax no-op that attn_jax omits, so it may hold anything.
   keys = jax.random.split(jax.random.key(7), 3)
@@ -52,10 +54,26 @@ def test_shapes_cross_attention_and_grouped_heads():
                            rngs=nnx.Rngs(0))
   out, weights = mha(_inputs(3, 5, 16), _inputs(3, 7, 16, seed=1), return_weights=True)
   assert out.shape == (3, 5, 8) and weights.shape == (3, 4, 5, 7)
-  # Parameters: fused qkv [16, 4 + 2*2, 4], query bias [4, 4], value bias [2, 4], out [4, 4, 8],
+  # Parameters: fused qkv [16, 2, 2 + 2, 4], query bias [4, 4], value bias [2, 4], out [4, 4, 8],
   # out bias [8].
   n_params = sum(x.size for x in jax.tree.leaves(nnx.state(mha, nnx.Param)))
   assert n_params == 16 * 8 * 4 + 4 * 4 + 2 * 4 + 4 * 4 * 8 + 8
+
+
+def test_grouped_query_heads_read_their_key_value_head():
+  """The [D, K, G + 2, H] kernel: query head n = k * G + g, then key and value of head k, which
+  jax.nn's grouped-query attention (query head n reads kv head n // G) must agree with."""
+  mha = MultiHeadAttention(num_heads=4, num_kv_heads=2, in_features=8, use_bias=False,
+                           rngs=nnx.Rngs(0))
+  x = _inputs(2, 5, 8)
+  w = mha.qkv_kernel[...]  # [D, K, G + 2, H] = [8, 2, 4, 2]
+  query = jnp.einsum("btd,dkgh->btkgh", x, w[:, :, :2]).reshape(2, 5, 4, 2)
+  key = jnp.einsum("btd,dkh->btkh", x, w[:, :, 2])
+  value = jnp.einsum("btd,dkh->btkh", x, w[:, :, 3])
+  heads = jax.nn.dot_product_attention(query, key, value, implementation="xla")
+  expected = jnp.einsum("btnh,nhd->btd", heads, mha.out_kernel[...])
+  np.testing.assert_allclose(mha(x), expected, atol=1e-5)
+  np.testing.assert_allclose(mha(x, _inputs(2, 7, 8, seed=1)).shape, (2, 5, 8))
 
 
 @pytest.mark.parametrize(("score", "positional"), [
