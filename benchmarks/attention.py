@@ -88,6 +88,10 @@ def parse_shape(text: str) -> Shape:
 CHUNKED_ONLY = ("attn_jax[chunked]", "attn_jax[None")
 CPU_SHAPES = [
     Shape(8, 256, 8, 64),
+    # Where the default moves from XLA to chunked on CPU (T * S = 1024^2 per head).
+    Shape(1, 1024, 4, 64),
+    Shape(1, 2048, 4, 64),
+    Shape(1, 4096, 4, 64),
     Shape(1, 8192, 4, 64, memory=("attn_jax[chunked]", "jax.nn[xla]")),
     # jax.nn's XLA path needs ~19 GB here: compiled (for its temp size) but not run.
     Shape(1, 16384, 4, 64, only=CHUNKED_ONLY, memory=CHUNKED_ONLY),
@@ -97,7 +101,15 @@ CPU_QUICK = [
     Shape(1, 1024, 4, 64, memory=("attn_jax[chunked]", "jax.nn[xla]")),
     Shape(1, 4096, 4, 64, only=CHUNKED_ONLY, memory=CHUNKED_ONLY),
 ]
-GPU_SHAPES = [Shape(8, 2048, 16, 64, "bfloat16"), Shape(1, 16384, 16, 64)]
+GPU_IMPLS = ("attn_jax[None]", "attn_jax[cudnn]", "attn_jax[xla]", "attn_jax[chunked]",
+             "jax.nn[cudnn]")
+GPU_SHAPES = [
+    Shape(8, 2048, 16, 64, "bfloat16"),
+    Shape(4, 4096, 16, 128, "bfloat16"),
+    Shape(1, 16384, 16, 128, "bfloat16"),
+    # float32: no cuDNN; the XLA paths against chunked, with each one's peak device memory.
+    Shape(1, 16384, 16, 64, memory=("attn_jax[None]", "attn_jax[xla]", "attn_jax[chunked]")),
+]
 GPU_QUICK = [Shape(8, 1024, 16, 64, "bfloat16"), Shape(1, 4096, 16, 64)]
 
 
@@ -173,7 +185,8 @@ def time_interleaved(compiled: dict, inputs, min_runs: int, budget_s: float) -> 
 
 
 def measure_rss(shape: Shape, impl: str, mode: str) -> dict:
-  """Peak RSS of one case run alone in a fresh process (CPU memory; GPU memory is not RSS)."""
+  """Peak memory of one case run alone in a fresh process: resident memory on CPU, the device's
+  peak bytes in use on an accelerator."""
   spec = json.dumps({"shape": dataclasses.asdict(shape), "impl": impl, "mode": mode})
   result = subprocess.run([sys.executable, "-m", "benchmarks.attention", "--rss-case", spec],
                           capture_output=True, text=True, check=False)
@@ -183,18 +196,26 @@ def measure_rss(shape: Shape, impl: str, mode: str) -> dict:
 
 
 def rss_case(spec: str) -> None:
-  """Child of `measure_rss`: compile, then run one case once; print its peak RSS as JSON.
+  """Child of `measure_rss`: compile, then run one case once; print its peak memory as JSON.
 
-  The compiler's own memory (LLVM: a few hundred MiB) would mask the run's, so the high-water
-  mark is reset after compiling (Linux >= 4.0: writing 5 to /proc/self/clear_refs); where that
-  fails, the whole process's ru_maxrss is reported instead.
+  CPU: the compiler's own memory (LLVM: a few hundred MiB) would mask the run's, so the
+  high-water mark is reset after compiling (Linux >= 4.0: writing 5 to /proc/self/clear_refs);
+  where that fails, the whole process's ru_maxrss is reported instead. Accelerators:
+  ``memory_stats()["peak_bytes_in_use"]`` of the device (inputs included).
   """
   spec = json.loads(spec)
   shape = Shape(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["shape"].items()})
   inputs = make_inputs(shape)
-  attention = implementations(on_gpu=False)[spec["impl"]]
+  on_accelerator = jax.default_backend() != "cpu"
+  attention = implementations(on_gpu=jax.default_backend() == "gpu")[spec["impl"]]
   compiled, _, _ = compile_case(attention, shape, spec["mode"], inputs)
   jax.block_until_ready(inputs)
+  if on_accelerator:
+    jax.block_until_ready(compiled(*inputs))
+    stats = jax.devices()[0].memory_stats() or {}
+    print(json.dumps({"peak_device_mib": stats.get("peak_bytes_in_use", float("nan")) / 2**20,
+                      "rss_method": "device memory_stats peak_bytes_in_use"}))
+    return
   try:
     with open("/proc/self/clear_refs", "w") as clear_refs:
       clear_refs.write("5")
@@ -249,7 +270,7 @@ def run_shape(shape: Shape, impls: dict, modes, args) -> list[dict]:
           row[f"x_{reference}"] = row["ms"] / info[reference]["ms"]
           row[f"x_{reference}_cpu"] = row["cpu_ms"] / info[reference]["cpu_ms"]
       measured = any(name.startswith(prefix) for prefix in shape.memory)
-      if measured and args.rss and jax.default_backend() == "cpu" and "ms" in row:
+      if measured and args.rss and "ms" in row:
         row.update(measure_rss(shape, name, mode))
       rows.append(row)
       print_row(row)
@@ -268,6 +289,8 @@ def print_row(row: dict) -> None:
   rss = "-"
   if "peak_rss_mib" in row:
     rss = f"{row['peak_rss_mib']:.0f} (+{row['rss_growth_mib']:.0f})"
+  elif "peak_device_mib" in row:
+    rss = f"{row['peak_device_mib']:.0f} (device)"
   reference = "jax.nn[cudnn]" if "x_jax.nn[cudnn]" in row else "jax.nn[xla]"
   row = {**row, "ratio": row.get(f"x_{reference}"), "cpu_ratio": row.get(f"x_{reference}_cpu")}
   note = row.get("skipped") or row.get("error") or ""

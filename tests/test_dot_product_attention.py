@@ -1,4 +1,4 @@
-"""Tests for `attn_jax.dot_product_attention` / `attention_weights` (CONTRACT.md section 1).
+"""Tests for `attn_jax.dot_product_attention` / `attention_weights`: the batched entry point.
 
 Checked three ways: against `jax.nn.dot_product_attention(implementation="xla")` on every query row
 that can attend a key, against numpy written out here (cosine score, weights), and between paths
