@@ -1,9 +1,10 @@
 """cuDNN on a real NVIDIA GPU: the numbers, fully masked rows, padding garbage, gradients.
 
-Skipped (with the reason) where no NVIDIA GPU with cuDNN is present; `python -m benchmarks.gpu_check`
-runs these on a GPU machine. The grid is the one `implementation=None` sends to cuDNN (bfloat16,
-head dims it supports, even lengths; causal, windows, masks, biases, sequence lengths, grouped
-heads); each case is checked against attn_jax's "reference" implementation.
+Skipped (with the reason) where no NVIDIA GPU with cuDNN is present;
+`python -m benchmarks.gpu_check` runs these on a GPU machine. The grid is the one
+`implementation=None` sends to cuDNN (bfloat16, head dims it supports, even lengths; causal,
+windows, masks, biases, sequence lengths, grouped heads); each case is checked against attn_jax's
+"reference" implementation.
 """
 
 import dataclasses
@@ -19,7 +20,7 @@ from attn_jax.core import cudnn
 
 pytestmark = pytest.mark.skipif(
     cudnn.device_capability() is None or cudnn.cudnn_version() is None,
-    reason="needs an NVIDIA GPU with cuDNN (none here); run `python -m benchmarks.gpu_check` on one")
+    reason="needs an NVIDIA GPU with cuDNN (none here); `python -m benchmarks.gpu_check` on one")
 
 
 @dataclasses.dataclass(frozen=True)
