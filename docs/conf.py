@@ -76,6 +76,7 @@ myst_heading_anchors = 3
 html_theme = "sphinx_book_theme"
 html_title = "attn_jax"
 html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,
