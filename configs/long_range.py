@@ -2,11 +2,16 @@
 
 python -m experiments.sweep --config=configs/long_range.py --workdir=runs/long_range
 
-Sized to finish in about 10 minutes on 2 CPU cores (docs/experiments.md has the measured time).
-Settings belong to a task, not to a model: on each task every model gets the same steps, batch
-size, schedule and peak learning rate. A task section may override `train` and any model section
-(e.g. `mqar.transformer` over `transformer`). How the settings were chosen, and what they cost,
-is in docs/experiments.md.
+The protocol (docs/experiments.md says how each value was chosen and what it costs):
+- several seeds per configuration, trained together as one vmapped program;
+- on each task group every model gets the same budget at every distance: the same steps, batch
+  size, warmup and cosine schedule, and the same early stop (once every seed's validation
+  accuracy is 1.0, a run that has solved its task stops spending the budget);
+- each model's peak learning rate on a group comes from the same small search
+  (`python -m experiments.lr_search`, grid and seeds in `lr_search`), written into
+  ``learning_rates`` below.
+A task section may override `train` and any model section (e.g. `mqar.transformer` over
+`transformer`).
 """
 
 import ml_collections
@@ -18,38 +23,49 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # The models compared, each on every task and distance.
   config.models = ("transformer", "lstm", "lstm_attention")
-  # Seeds per configuration (several run as one vmapped program).
-  config.seeds = (0,)
+  # Seeds per configuration (run as one vmapped program); results report mean [min, max].
+  config.seeds = (0, 1, 2)
   # Processes the runs are spread over (one per CPU core).
   config.workers = 2
   # The copy_memory delay whose trained Transformer is drawn in attention_maps.png.
   config.attention_map_delay = 500
   common.model_sections(config)
-  # LSTMs wider than the Transformer: more parameters than the model they are compared with.
+  # The LSTMs have more parameters than the Transformer they are compared with.
   config.lstm.hidden_size = 128
   config.lstm_attention.hidden_size = 128
-  # A narrow additive score keeps the [B, L, L, attention_hidden] tensor small at L = 520.
-  config.lstm_attention.attention_hidden = 4
-  # The reference path (one fused tensor) is faster than the chunked scan on CPU at these sizes.
+  # Luong's multiplicative score, low rank: [L, L] logits per example, where the additive score
+  # would hold [L, L, attention_hidden] (several times the time at L = 520).
+  config.lstm_attention.score = "dot"
+  config.lstm_attention.attention_hidden = 16
   config.lstm_attention.attention_implementation = "reference"
-  common.train_section(config, num_steps=300, batch_size=8, learning_rate=1e-2)
-  # The sweep evaluates at the end only and keeps no checkpoints (each run takes seconds).
+  common.train_section(config, num_steps=1000, batch_size=32, learning_rate=1e-3)
+  # Each model's rate comes from its group's `learning_rates`, never from here.
+  del config.train.learning_rate
+  # No checkpoints inside a sweep (each run takes seconds to minutes).
   config.train.checkpoint_every = 0
   config.train.log_every = 50
-  config.train.warmup_steps = 20
+  # Validation (a key stream the reported evaluation never sees) for the curves and the stop.
+  config.train.eval_every = 50
+  config.train.stop_accuracy = 1.0
 
   # Copying memory (Arjovsky et al. 2016) over delays; L = delay + 20.
   config.copy_memory = ml_collections.ConfigDict()
   # Run this task.
   config.copy_memory.enabled = True
-  # Delays swept (the distance the 10 symbols must be carried).
-  config.copy_memory.delays = (50, 100, 200, 500)
-  # Share of the training loss on the 10 recall positions (the rest on the blank targets).
-  config.copy_memory.recall_weight = 0.9
-  # Overrides of `train` for this task (none: the top-level section is the copy budget).
+  # Delays swept: from one the LSTM solves within the budget to far beyond its reach.
+  config.copy_memory.delays = (10, 20, 50, 100, 200, 500)
+  # Train on the 10 recall positions only (as MQAR trains its queries only).
+  config.copy_memory.recall_weight = 1.0
+  # The copy budget, the same for every model at every delay.
   config.copy_memory.train = ml_collections.ConfigDict()
-  # One block, two heads, sinusoidal positions: recall is one lookup at a fixed offset, which
-  # sinusoids express linearly (learned positions stall for some seeds at delay >= 200).
+  config.copy_memory.train.num_steps = 2000
+  config.copy_memory.train.batch_size = 32
+  config.copy_memory.train.warmup_steps = 50
+  # Each model's peak learning rate (from the search in docs/experiments.md).
+  config.copy_memory.learning_rates = ml_collections.ConfigDict(
+      {"transformer": 3e-3, "lstm": 3e-3, "lstm_attention": 3e-3})
+  # One block with sinusoidal positions: recall is one lookup at a fixed offset, which
+  # sinusoids express linearly.
   config.copy_memory.transformer = ml_collections.ConfigDict()
   config.copy_memory.transformer.d_model = 32
   config.copy_memory.transformer.num_layers = 1
@@ -68,12 +84,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.mqar.num_pairs = (4, 4, 4)
   # Vocabulary: 7 keys from [1, 8), 8 values from [8, 16).
   config.mqar.vocab_size = 16
-  # MQAR has few supervised positions per sequence: more sequences per step, more steps.
+  # Zoology's random non-query tokens (here never value tokens) instead of blanks.
+  config.mqar.distractors = True
+  # The MQAR budget, the same for every model at every length.
   config.mqar.train = ml_collections.ConfigDict()
-  config.mqar.train.num_steps = 800
+  config.mqar.train.num_steps = 1000
   config.mqar.train.batch_size = 32
-  config.mqar.train.learning_rate = 3e-3
-  config.mqar.train.warmup_steps = 40
+  config.mqar.train.warmup_steps = 50
+  config.mqar.learning_rates = ml_collections.ConfigDict(
+      {"transformer": 3e-3, "lstm": 3e-3, "lstm_attention": 3e-3})
   # Two causal blocks with RoPE: a previous-token head, then an induction head (Olsson et al.
   # 2022). The bidirectional encoder stalls here: a head can read both neighbours of a key.
   config.mqar.transformer = ml_collections.ConfigDict()
@@ -91,8 +110,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.control.enabled = True
   # The control's task section (as in configs/mqar.py).
   config.control.task = ml_collections.ConfigDict(
-      {"name": "mqar", "seq_len": 16, "num_pairs": 1, "vocab_size": 16})
-  # The MQAR budget and models.
+      {"name": "mqar", "seq_len": 16, "num_pairs": 1, "vocab_size": 16, "distractors": True})
+  # The MQAR budget, learning rates and models.
   config.control.train = ml_collections.ConfigDict(config.mqar.train.to_dict())
+  config.control.learning_rates = ml_collections.ConfigDict(config.mqar.learning_rates.to_dict())
   config.control.transformer = ml_collections.ConfigDict(config.mqar.transformer.to_dict())
+
+  # The learning-rate search (`python -m experiments.lr_search`): the same grid for every model,
+  # on seeds the sweep does not report, at the shortest and the longest distance of each group.
+  config.lr_search = ml_collections.ConfigDict()
+  config.lr_search.learning_rates = (1e-3, 3e-3, 1e-2)
+  config.lr_search.seeds = (100, 101)
+  config.lr_search.distances = ml_collections.ConfigDict(
+      {"copy_memory": (10, 500), "mqar": (32, 128)})
   return config

@@ -18,8 +18,10 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def truncate_jsonl(path: str, last_step: int) -> None:
-  """Keeps the records of steps <= last_step: a resumed run rewrites what came after."""
-  kept = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
+  """Keeps the records of steps <= last_step, except the final evaluation (split "eval"): a
+  resumed run rewrites what came after, and evaluates its final state again."""
+  kept = [r for r in read_jsonl(path)
+          if r.get("step", 0) <= last_step and r.get("split") != "eval"]
   with open(path, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in kept)
 

@@ -6,7 +6,10 @@ values with a message naming the offending field.
 """
 
 import dataclasses
+import json
 from typing import Any
+
+from absl import logging
 
 from attn_jax.tasks import CopyMemorySpec, MqarSpec, Task, make_task
 from attn_jax.training import MODEL_SPECS, Program, TrainConfig, make_model
@@ -43,8 +46,58 @@ class RunSettings:
                                            max_len=task.seq_len, rngs=rngs), task, self.train)
 
 
+  def to_dict(self) -> dict:
+    """The settings that decide what a run computes, as plain JSON values: the model and its
+    spec, the task, the training budget and the seed (not the mesh or cluster, which decide
+    only where it runs: a checkpoint restores onto any mesh)."""
+    return json.loads(json.dumps({
+        "model": self.model, self.model: dataclasses.asdict(self.model_spec),
+        "task": {"name": type(self.task_spec).__name__, **dataclasses.asdict(self.task_spec)},
+        "train": dataclasses.asdict(self.train), "seed": self.seed,
+    }))
+
+
+# Fields that change what a run reports or how often it saves, not what it computes.
+REPORTING_FIELDS = ("train.log_every", "train.eval_every", "train.eval_batches",
+                    "train.checkpoint_every", "train.max_consecutive_nonfinite")
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def differences(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+  """``"field: saved -> current"`` for every dotted field whose value differs (a field only one
+  side has counts as different), except those in ``ignore``."""
+  old, new = _flatten(saved), _flatten(current)
+  shown = lambda values, name: repr(values[name]) if name in values else "(absent)"
+  return [f"{name}: {shown(old, name)} -> {shown(new, name)}"
+          for name in sorted(set(old) | set(new))
+          if name not in ignore and (name not in old or name not in new
+                                     or old[name] != new[name])]
+
+
 def _as_dict(section) -> dict:
   return dict(section.to_dict() if hasattr(section, "to_dict") else section)
+
+
+def _train_config(section, name: str = "train") -> TrainConfig:
+  """The `train` section; a warmup that does not fit ``num_steps`` is clamped, with a warning,
+  so that ``--config.train.num_steps=5`` alone is a valid smoke run."""
+  values = _as_dict(section)
+  steps, warmup = values.get("num_steps"), values.get("warmup_steps")
+  if (isinstance(steps, int) and isinstance(warmup, int) and steps >= 1
+      and warmup >= steps):
+    values["warmup_steps"] = steps // 10  # 10% of the run, 0 below 10 steps
+    logging.warning("%s.warmup_steps=%d does not fit %s.num_steps=%d: warmup clamped to %d "
+                    "steps", name, warmup, name, steps, values["warmup_steps"])
+  return build(TrainConfig, values, name)
 
 
 def build(cls, section, name: str):
@@ -105,7 +158,7 @@ def run_settings(config) -> RunSettings:
       model=config.model,
       model_spec=model_spec(config.model, config),
       task_spec=task_spec(config.task),
-      train=build(TrainConfig, config.train, "train"),
+      train=_train_config(config.train),
       seed=seed,
       mesh=build(MeshSpec, mesh_values, "mesh"),
       distributed=distributed,

@@ -2,10 +2,11 @@
 
 python -m experiments.sweep --config=configs/long_range.py --workdir=DIR [--config.FIELD=V]
 
-Writes DIR/results.json, DIR/results.md, DIR/accuracy_vs_distance.png, DIR/attention_maps.png.
-Each finished run is also kept as DIR/runs/NAME.json, so an interrupted sweep picks up where it
-stopped when rerun on the same DIR. Runs are spread over ``config.workers`` processes (one per
-CPU core pays off: most of a run is single-threaded compilation and small ops).
+Writes DIR/results.json, DIR/results.md, DIR/accuracy_vs_distance.png, DIR/learning_curves.png
+and DIR/attention_maps.png. Each finished configuration is kept as DIR/runs/NAME.json with the
+key of its settings (`experiments.plan`): rerun on the same DIR, the sweep reuses a run only if
+its key is unchanged and retrains everything else. Runs are spread over ``config.workers``
+processes (one per CPU core pays off: much of a run is single-threaded compilation and small ops).
 """
 
 import concurrent.futures
@@ -14,17 +15,16 @@ import multiprocessing
 import os
 import time
 
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import cpu_flags, plots, settings
+from experiments.plan import PlannedRun, plan
 
 FLAGS = flags.FLAGS
-GROUPS = ("copy_memory", "mqar", "control")
-# Rough relative cost per step and position^2, to start the longest runs first.
-_MODEL_COST = {"transformer": 1.0, "lstm": 0.3, "lstm_attention": 3.0}
+# Rough relative cost per sequence and position^2, to start the longest runs first.
+_MODEL_COST = {"transformer": 1.0, "lstm": 0.5, "lstm_attention": 1.5}
 
 
 def _define_flags() -> None:
@@ -32,58 +32,6 @@ def _define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Path to a sweep config file.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Output directory.")
   flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _dict(section) -> dict:
-  if section is None:
-    return {}
-  return dict(section.to_dict() if hasattr(section, "to_dict") else section)
-
-
-def plan(config) -> list[tuple[str, str, settings.RunSettings]]:
-  """Every (group, model, run settings) of the sweep, validated before anything compiles.
-
-  A group's section may override `train` and any model section (``config.mqar.transformer``
-  over ``config.transformer``): settings belong to a task, and every model gets the same
-  training budget on it.
-  """
-  unknown = sorted(set(_dict(config)) - {"models", "seeds", "workers", "attention_map_delay",
-                                         "train", *settings.MODEL_SPECS, *GROUPS})
-  if unknown:
-    raise settings.ConfigError(f"unknown sweep key(s) {unknown}")
-  runs = []
-  models = list(config.models)
-  for model in models:
-    if model not in settings.MODEL_SPECS:
-      raise settings.ConfigError(f"models: {model!r} is not one of {sorted(settings.MODEL_SPECS)}")
-  for group in GROUPS:
-    section = config.get(group)
-    if section is None or not section.enabled:
-      continue
-    for task_values in _task_grid(group, section):
-      for model in models:
-        single = {
-            "model": model, "seed": 0, "task": task_values,
-            "train": {**_dict(config.train), **_dict(section.get("train"))},
-            model: {**_dict(config[model]), **_dict(section.get(model))},
-        }
-        runs.append((group, model, settings.run_settings(ml_collections.ConfigDict(single))))
-  return runs
-
-
-def _task_grid(group: str, section) -> list[dict]:
-  if group == "control":
-    return [_dict(section.task)]
-  if group == "mqar":
-    if len(section.seq_lens) != len(section.num_pairs):
-      raise settings.ConfigError(
-          f"mqar.seq_lens {tuple(section.seq_lens)} and mqar.num_pairs "
-          f"{tuple(section.num_pairs)} must have the same length")
-    return [{"name": "mqar", "seq_len": length, "num_pairs": pairs,
-             "vocab_size": section.vocab_size}
-            for length, pairs in zip(section.seq_lens, section.num_pairs, strict=True)]
-  extra = {"recall_weight": section.recall_weight} if "recall_weight" in section else {}
-  return [{"name": "copy_memory", "delay": delay, **extra} for delay in section.delays]
 
 
 def _attention_example(program, state) -> dict[str, np.ndarray]:
@@ -96,105 +44,154 @@ def _attention_example(program, state) -> dict[str, np.ndarray]:
   return {"inputs": np.asarray(batch.inputs[0]), "weights": weights}
 
 
-def run_one(run_settings: settings.RunSettings, seeds: list[int],
-            attention_path: str | None = None) -> list[dict]:
-  """Trains one configuration for every seed (one vmapped program when several) and returns
-  one record per seed; with ``attention_path``, saves seed 0's attention on a copy example."""
+def _per_seed(values, index: int):
+  return values[index] if isinstance(values, list) else values
+
+
+def run_one(run: PlannedRun, attention_path: str | None = None) -> list[dict]:
+  """Trains one configuration for all its seeds (one vmapped program) and returns one record
+  per seed, each with its learning curve; with ``attention_path``, saves the first seed's
+  attention on a copy example."""
   import jax
 
-  from attn_jax.training import train, train_seeds
+  from attn_jax.training import train_seeds
 
-  task = run_settings.task()
-  program = run_settings.program(task)
-  if len(seeds) == 1:
-    result = train(program, seeds[0])
-    per_seed, first_state = [result.eval_metrics], result.state
-  else:
-    result = train_seeds(program, seeds)
-    per_seed = [{k: v[i] for k, v in result.eval_metrics.items()} for i in range(len(seeds))]
-    first_state = jax.tree.map(lambda x: x[0], result.state)
+  task = run.settings.task()
+  program = run.settings.program(task)
+  curves = {"train": [], "valid": []}
+  result = train_seeds(program, run.seeds,
+                       on_log=lambda step, m: curves["train"].append((step, m)),
+                       on_eval=lambda step, m: curves["valid"].append((step, m)))
   if attention_path is not None:
-    np.savez_compressed(attention_path, **_attention_example(program, first_state))
-  return [{
-      "task": task.name, "model": run_settings.model, "distance": task.distance,
-      "seed": seed, "params": result.num_params, "steps": run_settings.train.num_steps,
-      # Seeds trained together share one wall time; each gets its share.
-      "wall_s": round(result.wall_s / len(seeds), 2), "metrics": metrics,
-      "chance_accuracy": task.chance_accuracy, "reference": task.reference,
-      "batch_size": run_settings.train.batch_size,
-  } for seed, metrics in zip(seeds, per_seed, strict=True)]
-
-
-def _job(args) -> list[dict]:
-  """Worker-process entry: run_one, then the records written to the run's file."""
-  run_settings, seeds, attention_path, path = args
-  records = run_one(run_settings, seeds, attention_path)
-  with open(path, "w") as f:
-    json.dump(records, f, indent=2)
+    np.savez_compressed(attention_path,
+                        **_attention_example(program, jax.tree.map(lambda x: x[0], result.state)))
+  train_config = run.settings.train
+  timing = {
+      # The seeds run as one program: these times are the program's, shared by its seeds.
+      "compile_s": round(result.compile_s, 2), "train_s": round(result.train_s, 2),
+      "eval_s": round(result.eval_s, 2), "seeds_together": len(run.seeds),
+      "step_ms": round(1e3 * result.train_s / max(result.steps, 1), 2),
+      "step_gflop": None if result.step_flops is None else round(result.step_flops / 1e9, 4),
+  }
+  records = []
+  for index, seed in enumerate(run.seeds):
+    records.append({
+        "group": run.group, "task": task.name, "model": run.model, "distance": task.distance,
+        "seed": seed, "params": result.num_params, "steps": result.steps,
+        "max_steps": train_config.num_steps, "batch_size": train_config.batch_size,
+        "learning_rate": train_config.learning_rate,
+        "wall_s": round(result.wall_s / len(run.seeds), 2), **timing,
+        "metrics": {k: _per_seed(v, index) for k, v in result.eval_metrics.items()},
+        "chance_accuracy": task.chance_accuracy, "reference": task.reference,
+        "curve": {
+            "train_step": [s for s, _ in curves["train"]],
+            "train_loss": [_per_seed(m["loss"], index) for _, m in curves["train"]],
+            "valid_step": [s for s, _ in curves["valid"]],
+            "valid_accuracy": [_per_seed(m["accuracy"], index) for _, m in curves["valid"]],
+        },
+    })
   return records
 
 
-def _cost(run_settings: settings.RunSettings) -> float:
-  task = run_settings.task()
-  train = run_settings.train
-  return task.seq_len ** 2 * train.num_steps * train.batch_size * _MODEL_COST[run_settings.model]
+def _job(args) -> list[dict]:
+  """Worker-process entry: run_one, then the records written to the run's file with its key."""
+  run, attention_path, path = args
+  records = run_one(run, attention_path)
+  with open(path, "w") as f:
+    json.dump({"key": run.key, "settings": run.settings.to_dict(), "records": records}, f)
+  return records
+
+
+def _kept(path: str, key: str) -> list[dict] | None:
+  """The records of a finished run at ``path`` if it was trained under ``key``."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return saved["records"] if isinstance(saved, dict) and saved.get("key") == key else None
+
+
+def _cost(run: PlannedRun) -> float:
+  task = run.settings.task()
+  train = run.settings.train
+  return task.seq_len ** 2 * train.num_steps * train.batch_size * _MODEL_COST[run.model]
 
 
 def _describe(records: list[dict]) -> str:
-  m = records[0]["metrics"]
-  return (f"accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  params {records[0]['params']:,}"
-          f"  {records[0]['wall_s']:.1f}s/seed")
+  accs = [r["metrics"]["accuracy"] for r in records]
+  r = records[0]
+  return (f"accuracy {np.mean(accs):.4f} [{min(accs):.4f}, {max(accs):.4f}]  steps {r['steps']}"
+          f"  compile {r['compile_s']:.1f}s  train {r['train_s']:.1f}s")
 
 
-def sweep(config, workdir: str) -> dict:
-  runs = plan(config)
-  seeds = list(config.seeds)
-  workers = int(config.get("workers", 1))
+def train_all(runs: list[PlannedRun], workdir: str, workers: int,
+              attention_run: str | None = None) -> tuple[list[dict], dict]:
+  """Trains (or reuses) every run; returns the records in plan order and a timing summary."""
   os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
   started = time.perf_counter()
-  names, jobs, done = [], [], {}
-  attention_path = os.path.join(workdir, "runs", "attention_example.npz")
-  for group, model, run_settings in runs:
-    distance = run_settings.task().distance
-    name = f"{group}_{model}_{distance}"
-    path = os.path.join(workdir, "runs", name + ".json")
-    names.append((name, group))
-    want_attention = (group == "copy_memory" and model == "transformer"
-                      and distance == config.attention_map_delay)
-    if os.path.exists(path) and (not want_attention or os.path.exists(attention_path)):
-      with open(path) as f:
-        done[name] = json.load(f)
-      print(f"{name}: done earlier, kept", flush=True)
+  jobs, done = [], {}
+  for run in runs:
+    path = os.path.join(workdir, "runs", run.name + ".json")
+    attention_path = (os.path.join(workdir, "runs", run.name + ".attention.npz")
+                      if run.name == attention_run else None)
+    kept = _kept(path, run.key)
+    if kept is not None and (attention_path is None or os.path.exists(attention_path)):
+      done[run.name] = kept
+      print(f"{run.name}: same settings as the finished run on disk, kept", flush=True)
     else:
-      jobs.append((name, (run_settings, seeds, attention_path if want_attention else None, path)))
-  jobs.sort(key=lambda job: -_cost(job[1][0]))  # longest first: the workers finish together
+      jobs.append((run, attention_path, path))
+  jobs.sort(key=lambda job: -_cost(job[0]))  # longest first: the workers finish together
   print(f"{len(jobs)} runs to train on {workers} worker(s), {len(done)} kept", flush=True)
-  if workers <= 1:
-    for name, args in jobs:
-      done[name] = _job(args)
-      print(f"{name}: {_describe(done[name])}", flush=True)
+  if workers <= 1 or len(jobs) <= 1:
+    for job in jobs:
+      done[job[0].name] = _job(job)
+      print(f"{job[0].name}: {_describe(done[job[0].name])}", flush=True)
   else:
     # spawn, not fork: a forked child would inherit the parent's XLA runtime threads.
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-      futures = {pool.submit(_job, args): name for name, args in jobs}
+      futures = {pool.submit(_job, job): job[0].name for job in jobs}
       for future in concurrent.futures.as_completed(futures):
         name = futures[future]
         done[name] = future.result()
-        print(f"[{len(done)}/{len(names)}] {name}: {_describe(done[name])}", flush=True)
-  all_records = []
-  for name, group in names:
-    for record in done[name]:
-      all_records.append({**record, "group": group})
-  results = {"runs": all_records, "total_wall_s": round(time.perf_counter() - started, 1),
-             "workers": workers}
+        print(f"[{len(done)}/{len(runs)}] {name}: {_describe(done[name])}", flush=True)
+  records = [record for run in runs for record in done[run.name]]
+  trained = {job[0].name for job in jobs}
+  programs = [done[name][0] for name in trained]
+  summary = {
+      "total_wall_s": round(time.perf_counter() - started, 1), "workers": workers,
+      "runs_trained": len(trained), "runs_kept": len(runs) - len(trained),
+      # Worker seconds over the runs trained by this call (the workers run side by side).
+      "compile_s": round(sum(r["compile_s"] for r in programs), 1),
+      "train_s": round(sum(r["train_s"] for r in programs), 1),
+      "eval_s": round(sum(r["eval_s"] for r in programs), 1),
+      "load_average": [round(x, 2) for x in os.getloadavg()],
+  }
+  return records, summary
+
+
+def sweep(config, workdir: str) -> dict:
+  """Trains every run of the sweep ``config`` describes and writes the results to ``workdir``."""
+  runs = plan(config)
+  attention_run = next((r.name for r in runs if r.group == "copy_memory"
+                        and r.model == "transformer"
+                        and r.distance == config.attention_map_delay), None)
+  load_before = [round(x, 2) for x in os.getloadavg()]
+  records, summary = train_all(runs, workdir, int(config.get("workers", 1)), attention_run)
+  summary["load_average_before"] = load_before
+  results = {"runs": records, **summary}
   with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+    json.dump(results, f, indent=1)
   with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(plots.results_table(all_records))
-  plots.accuracy_vs_distance(all_records, os.path.join(workdir, "accuracy_vs_distance.png"))
-  if os.path.exists(attention_path):
-    plots.attention_maps(attention_path, os.path.join(workdir, "attention_maps.png"))
+    f.write(plots.results_table(records, summary))
+  plots.accuracy_vs_distance(records, os.path.join(workdir, "accuracy_vs_distance.png"))
+  plots.learning_curves(records, os.path.join(workdir, "learning_curves.png"))
+  if attention_run is not None:
+    plots.attention_maps(os.path.join(workdir, "runs", attention_run + ".attention.npz"),
+                         os.path.join(workdir, "attention_maps.png"))
   return results
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from attn_jax.attention import attention_weights
 from attn_jax.core import batched, scores
 
 Array = jax.Array
@@ -204,28 +205,36 @@ class LSTMWithAttention(nnx.Module):
   al. 2015) that feeds the classifier. int tokens [B, L] -> logits [B, L, vocab_size].
 
   Args:
-    attention_hidden: width of the additive score (default hidden_size).
-    attention_implementation: "reference" (the vmapped single-head path; holds [L, L,
-      attention_hidden] per example) or "chunked" (the memory-efficient kernel).
+    attention_hidden: width of the score (default hidden_size).
+    score: "additive" (Bahdanau's v . tanh(W_q h_t + W_k h_j)) or "dot" (Luong's multiplicative
+      score in low-rank form, (W_q h_t) . (W_k h_j) / sqrt(attention_hidden)): the dot score
+      holds [L, L] logits per example where the additive one holds [L, L, attention_hidden], so
+      it is several times cheaper on long sequences.
+    attention_implementation: for the additive score, "reference" (the vmapped single-head path;
+      holds [L, L, attention_hidden] per example) or "chunked" (the memory-efficient kernel);
+      the dot score always forms its [L, L] weights with `attn_jax.attention_weights`.
   """
 
   def __init__(self, *, vocab_size: int, hidden_size: int, num_layers: int = 1,
                attention_hidden: int | None = None, attention_implementation: str = "reference",
-               rngs: nnx.Rngs):
+               score: str = "additive", rngs: nnx.Rngs):
     if attention_implementation not in ("reference", "chunked"):
       raise ValueError(f"attention_implementation must be 'reference' or 'chunked'; got "
                        f"{attention_implementation!r}")
+    if score not in ("additive", "dot"):
+      raise ValueError(f"score must be 'additive' or 'dot'; got {score!r}")
     self.lstm = LSTMBaseline(vocab_size=vocab_size, hidden_size=hidden_size,
                              num_layers=num_layers, rngs=rngs)
     hidden = hidden_size if attention_hidden is None else attention_hidden
     init = nnx.initializers.lecun_normal()
-    self.score_params = nnx.Param({
-        "w_query": init(rngs.params(), (hidden_size, hidden)),
-        "w_key": init(rngs.params(), (hidden_size, hidden)),
-        "v": nnx.initializers.normal(hidden**-0.5)(rngs.params(), (hidden,)),
-    })
+    params = {"w_query": init(rngs.params(), (hidden_size, hidden)),
+              "w_key": init(rngs.params(), (hidden_size, hidden))}
+    if score == "additive":
+      params["v"] = nnx.initializers.normal(hidden**-0.5)(rngs.params(), (hidden,))
+    self.score_params = nnx.Param(params)
     self.attentional = nnx.Linear(2 * hidden_size, hidden_size, rngs=rngs)
     self.attention_implementation = attention_implementation
+    self.score = score
 
   def __call__(self, tokens: Array, *, return_weights: bool = False):
     """tokens: int [B, L] -> logits [B, L, vocab_size] (and weights [B, L, L] if asked)."""
@@ -234,7 +243,9 @@ class LSTMWithAttention(nnx.Module):
     params = self.score_params.get_value()
     seq_len = tokens.shape[1]
     weights = None
-    if self.attention_implementation == "chunked" and not return_weights:
+    if self.score == "dot":
+      context, weights = self._dot_attention(x, params, return_weights)
+    elif self.attention_implementation == "chunked" and not return_weights:
       from attn_jax.core.chunked import chunked_attention  # noqa: PLC0415
 
       context = chunked_attention(states_BL1H, states_BL1H, states_BL1H, is_causal=True,
@@ -247,3 +258,16 @@ class LSTMWithAttention(nnx.Module):
     attended = jnp.tanh(self.attentional(jnp.concatenate([x, context[:, :, 0]], axis=-1)))
     logits = self.lstm.classifier(attended)
     return (logits, weights[:, 0]) if return_weights else logits
+
+  def _dot_attention(self, x_BLH: Array, params, return_weights: bool):
+    """The dot score: -> context [B, L, 1, H] and weights [B, 1, L, L]."""
+    del return_weights  # the weights are formed either way: [B, L, L] is the small tensor here
+    # One head: [B, L, H] x [H, A] -> [B, L, 1, A]; the values are the states themselves (width
+    # H, not A, which is why this is not a `dot_product_attention` call).
+    query_BL1A = (x_BLH @ params["w_query"])[:, :, None, :]
+    key_BL1A = (x_BLH @ params["w_key"])[:, :, None, :]
+    weights_B1LL = attention_weights(query_BL1A, key_BL1A, is_causal=True,
+                                     scale=query_BL1A.shape[-1] ** -0.5)
+    # [B, 1, L, L] x [B, L, H] -> [B, L, 1, H]
+    context_BL1H = jnp.einsum("bnts,bsh->btnh", weights_B1LL, x_BLH)
+    return context_BL1H, weights_B1LL

@@ -18,6 +18,11 @@ must output the value that followed that key in the context. Layout of one examp
 - Encoder-safe: after the context, inputs hold only blanks and keys, never a value token. Zoology
   trains a causal LM that predicts the value *after* the query; here the target sits at the query
   position itself, so a bidirectional encoder sees nothing it could copy the answer from.
+- ``distractors=True`` fills the non-query positions after the context with random tokens, as
+  Zoology's ``random_non_queries=True`` does, so a query is no longer the only non-blank token
+  there. Zoology draws them from the whole vocabulary; here they come uniformly from
+  ``[0, V // 2)`` (the blank and the key tokens), never a value token, to stay encoder-safe. A
+  distractor may repeat a context key; only the query positions are scored.
 """
 
 import jax
@@ -53,11 +58,12 @@ def _sample_without_replacement(key: jax.Array, batch_size: int, population: int
 
 
 def mqar(key: jax.Array, *, batch_size: int, seq_len: int, num_pairs: int,
-         vocab_size: int) -> Batch:
+         vocab_size: int, distractors: bool = False) -> Batch:
   """Samples an MQAR batch in the layout of the module docstring.
 
   key: a PRNG key; the sizes are static ints with ``seq_len >= 3 * num_pairs`` and
-  ``vocab_size >= 2 * num_pairs + 2``.
+  ``vocab_size >= 2 * num_pairs + 2``; ``distractors``: random tokens from ``[0, V // 2)`` at
+  the non-query positions after the context instead of blanks.
   Returns Batch(inputs int32 [batch_size, seq_len], targets int32 [batch_size, seq_len],
   eval_mask bool [batch_size, seq_len]).
   """
@@ -65,7 +71,8 @@ def mqar(key: jax.Array, *, batch_size: int, seq_len: int, num_pairs: int,
                   vocab_size=vocab_size)
   half = vocab_size // 2
   query_region = seq_len - 2 * num_pairs
-  key_k, value_k, position_k = jax.random.split(key, 3)
+  # Four streams always, so the pairs and query positions do not depend on ``distractors``.
+  key_k, value_k, position_k, distractor_k = jax.random.split(key, 4)
   keys_BxN = 1 + _sample_without_replacement(key_k, batch_size, half - 1, num_pairs)
   values_BxN = half + _sample_without_replacement(
       value_k, batch_size, vocab_size - half, num_pairs)
@@ -77,7 +84,12 @@ def mqar(key: jax.Array, *, batch_size: int, seq_len: int, num_pairs: int,
   context_Bx2N = jnp.stack([keys_BxN, values_BxN], axis=-1).reshape(batch_size, 2 * num_pairs)
   rows_Bx1 = jnp.arange(batch_size)[:, None]
   zeros_BxQ = jnp.zeros((batch_size, query_region), jnp.int32)
-  query_inputs_BxQ = zeros_BxQ.at[rows_Bx1, query_pos_BxN].set(keys_BxN)
+  if distractors:
+    filler_BxQ = jax.random.randint(distractor_k, (batch_size, query_region), 0, half,
+                                    dtype=jnp.int32)
+  else:
+    filler_BxQ = zeros_BxQ
+  query_inputs_BxQ = filler_BxQ.at[rows_Bx1, query_pos_BxN].set(keys_BxN)
   query_targets_BxQ = zeros_BxQ.at[rows_Bx1, query_pos_BxN].set(values_BxN)
   query_mask_BxQ = jnp.zeros((batch_size, query_region), bool).at[
       rows_Bx1, query_pos_BxN].set(True)

@@ -22,9 +22,13 @@ class TrainConfig:
   adam_b2: float = 0.99
   grad_clip_norm: float = 1.0
   # Held-out evaluation: `eval_batches` batches of `batch_size` from a key stream disjoint from
-  # the training stream, every `eval_every` steps (0: only at the end).
+  # the training stream, at the end; every `eval_every` steps (0: never) the same number of
+  # batches from a separate validation stream is checked (learning curves, early stopping).
   eval_every: int = 0
   eval_batches: int = 4
+  # Stop once every seed's validation accuracy reaches this (0: train all `num_steps`). The
+  # budget stays `num_steps`: a run that has solved its task stops spending it.
+  stop_accuracy: float = 0.0
   log_every: int = 50
   # Checkpoint every `checkpoint_every` steps and at the end (0: only at the end).
   checkpoint_every: int = 0
@@ -53,6 +57,11 @@ class TrainConfig:
       raise ValueError(
           "train.weight_decay and train.grad_clip_norm must be >= 0, got "
           f"{self.weight_decay!r} and {self.grad_clip_norm!r}")
+    if not 0.0 <= self.stop_accuracy <= 1.0:
+      raise ValueError(f"train.stop_accuracy must lie in [0, 1], got {self.stop_accuracy!r}")
+    if self.stop_accuracy > 0 and self.eval_every == 0:
+      raise ValueError("train.stop_accuracy > 0 needs train.eval_every > 0 (the validation "
+                       "checks it stops on)")
     if self.warmup_steps >= self.num_steps:
       raise ValueError(
           f"train.warmup_steps ({self.warmup_steps}) must be < train.num_steps "

@@ -1,9 +1,13 @@
-"""The host-side training loop: jitted steps, logging, held-out evaluation, checkpoints, resume.
+"""The host-side training loop: jitted steps, logging, validation, early stopping, checkpoints,
+resume, and where the time goes.
 
 The loop never blocks on the device between log steps: metrics and the non-finite counters are
 fetched only every ``log_every`` steps, which is also when a run that stayed non-finite for
 ``max_consecutive_nonfinite`` consecutive steps is stopped (the counters remember the worst streak,
 so one that ends between two checks is still caught).
+
+Every program is compiled ahead of time (``jit(...).lower(...).compile()``) so that a result can
+say how much of its wall time was compilation and how much was training.
 """
 
 import dataclasses
@@ -15,7 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attn_jax.training.program import NonFiniteStats, Program, TrainState
+from attn_jax.training.program import (
+    EVAL_STREAM,
+    VALID_STREAM,
+    NonFiniteStats,
+    Program,
+    TrainState,
+)
 
 Metrics = dict[str, float]
 LogFn = Callable[[int, Metrics], None]
@@ -37,15 +47,27 @@ class Checkpointer(Protocol):
 
 @dataclasses.dataclass
 class TrainResult:
-  """state: the final `TrainState` (stacked over seeds for `train_seeds`); eval_metrics: the
-  held-out metrics at the last step (per seed lists for `train_seeds`); start_step: the step
-  training (re)started from; wall_s: seconds spent in this call, compilation included."""
+  """The outcome of `train` / `train_seeds`.
+
+  state: the final `TrainState` (stacked over seeds for `train_seeds`); eval_metrics: the
+  held-out metrics at the last step (per-seed lists for `train_seeds`); start_step: the step
+  training (re)started from; steps: the steps the state has taken (fewer than ``num_steps``
+  when every seed met ``stop_accuracy``); wall_s: seconds spent in this call. Of those,
+  compile_s went to initialising and compiling, train_s to the steps (periodic validation
+  included), eval_s to the final evaluation. step_flops: XLA's count of one step's
+  floating-point operations (all seeds), when the backend reports it.
+  """
 
   state: TrainState
   eval_metrics: dict[str, Any]
   num_params: int
   start_step: int
   wall_s: float
+  steps: int = 0
+  compile_s: float = 0.0
+  train_s: float = 0.0
+  eval_s: float = 0.0
+  step_flops: float | None = None
 
 
 def check_nonfinite(stats: NonFiniteStats, limit: int, step: int) -> None:
@@ -71,61 +93,125 @@ def _should(every: int, done: int, last: int) -> bool:
   return done == last or (every > 0 and done % every == 0)
 
 
-def _run(program: Program, state: TrainState, start: int, step_fn, eval_fn, *,
+def _solved(metrics: dict[str, Any], threshold: float) -> bool:
+  """Every seed's validation accuracy reached ``threshold`` (never, for threshold 0)."""
+  return threshold > 0 and bool(np.all(np.asarray(metrics["accuracy"]) >= threshold))
+
+
+def _flops(compiled) -> float | None:
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # noqa: BLE001 (not every backend implements it)
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  flops = (analysis or {}).get("flops")
+  return float(flops) if flops is not None and flops >= 0 else None
+
+
+@dataclasses.dataclass
+class _Compiled:
+  step: Any
+  validate: Any
+  evaluate: Any
+  compile_s: float
+  step_flops: float | None
+
+
+def _compile(step_fn, validate_fn, eval_fn, state) -> _Compiled:
+  """Compiles the three programs for ``state``'s shapes (the time is the caller's compile_s)."""
+  start = time.perf_counter()
+  step = step_fn.lower(state).compile()
+  validate = validate_fn.lower(state).compile()
+  evaluate = eval_fn.lower(state).compile()
+  return _Compiled(step, validate, evaluate, time.perf_counter() - start, _flops(step))
+
+
+def _run(program: Program, state: TrainState, start: int, fns: _Compiled, *,
          on_log: LogFn | None, on_eval: LogFn | None,
-         checkpointer: Checkpointer | None) -> tuple[TrainState, dict[str, Any]]:
+         checkpointer: Checkpointer | None) -> tuple[TrainState, dict[str, Any], int, float]:
+  """The steps from ``start``; -> (state, final held-out metrics, steps taken, train seconds)."""
   config = program.config
-  eval_metrics = None
+  started = time.perf_counter()
+  done = start
+  stop = False
+  if start > 0 and config.eval_every > 0 and start % config.eval_every == 0:
+    # A resumed run that had already met stop_accuracy at its last check stopped there.
+    stop = _solved(_to_host(fns.validate(state)), config.stop_accuracy)
   for step in range(start, config.num_steps):
-    state, metrics = step_fn(state)
+    if stop:
+      break
+    state, metrics = fns.step(state)
     done = step + 1
-    if _should(config.log_every, done, config.num_steps):
+    validate = config.eval_every > 0 and (done % config.eval_every == 0
+                                          or done == config.num_steps)
+    valid = _to_host(fns.validate(state)) if validate else None
+    stop = valid is not None and _solved(valid, config.stop_accuracy)
+    if stop or _should(config.log_every, done, config.num_steps):
       stats = jax.device_get(state.nonfinite)
       check_nonfinite(stats, config.max_consecutive_nonfinite, done)
       host = _to_host(metrics)
       host["nonfinite_total"] = np.asarray(stats.total).tolist()
       if on_log is not None:
         on_log(done, host)
-    if _should(config.eval_every, done, config.num_steps):
-      eval_metrics = _to_host(eval_fn(state))
-      if on_eval is not None:
-        on_eval(done, eval_metrics)
-    if checkpointer is not None and _should(config.checkpoint_every, done, config.num_steps):
+    if valid is not None and on_eval is not None:
+      on_eval(done, valid)
+    if checkpointer is not None and (stop or _should(config.checkpoint_every, done,
+                                                     config.num_steps)):
       checkpointer.save(done, state)
-  if eval_metrics is None:  # resumed a finished run: its final evaluation is deterministic
-    eval_metrics = _to_host(eval_fn(state))
-  return state, eval_metrics
+  jax.block_until_ready(state)
+  return state, fns.evaluate(state), done, time.perf_counter() - started
+
+
+def _finish(program, state, start, fns, started, init_s, **kwargs) -> TrainResult:
+  state, eval_metrics, done, train_s = _run(program, state, start, fns, **kwargs)
+  eval_started = time.perf_counter()
+  eval_metrics = _to_host(eval_metrics)
+  return TrainResult(
+      state, eval_metrics, program.num_params, start, time.perf_counter() - started,
+      steps=done, compile_s=init_s + fns.compile_s, train_s=train_s,
+      eval_s=time.perf_counter() - eval_started, step_flops=fns.step_flops)
 
 
 def train(program: Program, seed: int, *, checkpointer: Checkpointer | None = None,
           on_log: LogFn | None = None, on_eval: LogFn | None = None,
           mesh: Any = None) -> TrainResult:
-  """Trains one seed for ``program.config.num_steps`` steps, resuming from the checkpointer's
-  latest step if it has one. ``on_log(step, metrics)`` receives the training metrics of every
-  ``log_every``-th step, ``on_eval(step, metrics)`` the held-out metrics. With a ``mesh``
-  (`attn_jax.training.sharding.make_mesh`) the batch is split over its ``data`` axis and the
-  state laid out by `sharding.state_shardings`; a checkpoint restores onto any mesh."""
-  start_time = time.perf_counter()
+  """Trains one seed for ``program.config.num_steps`` steps (fewer if it meets
+  ``stop_accuracy``), resuming from the checkpointer's latest step if it has one.
+  ``on_log(step, metrics)`` receives the training metrics of every ``log_every``-th step,
+  ``on_eval(step, metrics)`` the validation metrics of every ``eval_every``-th step. With a
+  ``mesh`` (`attn_jax.training.sharding.make_mesh`) the batch is split over its ``data`` axis and
+  the state laid out by `sharding.state_shardings`; a checkpoint restores onto any mesh."""
+  started = time.perf_counter()
+  seed_array = jnp.asarray(seed, jnp.int32)
   if mesh is None:
+    init_fn = jax.jit(program.init)
     # The state is donated: its buffers are reused for the next state (no copy per step).
     step_fn = jax.jit(program.train_step, donate_argnums=0)
     eval_fn = jax.jit(program.evaluate)
-    state = jax.jit(program.init)(seed)
+    validate_fn = jax.jit(lambda state: program.evaluate(state, VALID_STREAM))
   else:
-    from attn_jax.training.sharding import shard_program  # noqa: PLC0415
+    from attn_jax.training import sharding  # noqa: PLC0415
 
-    fns = shard_program(program, mesh)
-    step_fn, eval_fn, state = fns.train_step, fns.evaluate, fns.init(seed)
+    fns = sharding.shard_program(program, mesh)
+    init_fn, step_fn, eval_fn = fns.init, fns.train_step, fns.evaluate
+    # The validation stream through the very program `shard_program` placed on the mesh (its
+    # batches constrained to the data axis): the jitted `evaluate` wraps that program's method.
+    sharded_evaluate = fns.evaluate.__wrapped__
+    validate_fn = jax.jit(lambda state: sharded_evaluate(state, VALID_STREAM),
+                          in_shardings=(fns.shardings,), out_shardings=sharding.replicated(mesh))
+  state = init_fn(seed_array)
   start = 0
   if checkpointer is not None:
     latest = checkpointer.latest_step()
     if latest is not None:
       state = checkpointer.restore(latest, state)
       start = latest
-  num_params = program.num_params
-  state, eval_metrics = _run(program, state, start, step_fn, eval_fn, on_log=on_log,
-                             on_eval=on_eval, checkpointer=checkpointer)
-  return TrainResult(state, eval_metrics, num_params, start, time.perf_counter() - start_time)
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - started
+  compiled = _compile(step_fn, validate_fn, eval_fn, state)
+  return _finish(program, state, start, compiled, started, init_s, on_log=on_log,
+                 on_eval=on_eval, checkpointer=checkpointer)
 
 
 def train_seeds(program: Program, seeds: Sequence[int], *, on_log: LogFn | None = None,
@@ -134,14 +220,17 @@ def train_seeds(program: Program, seeds: Sequence[int], *, on_log: LogFn | None 
 
   The per-seed states are stacked on a leading axis and every step runs all seeds at once,
   which pays off where one seed leaves the hardware idle (small matmuls inside an LSTM's
-  sequential scan). Each seed's numbers match `train(program, seed)` up to float reassociation.
-  Metrics passed to the callbacks and returned are lists with one entry per seed.
+  sequential scan). Each seed's numbers match `train(program, seed)` up to float reassociation
+  (and all seeds stop together: once every one of them meets ``stop_accuracy``). Metrics passed
+  to the callbacks and returned are lists with one entry per seed.
   """
-  start_time = time.perf_counter()
+  started = time.perf_counter()
   step_fn = jax.jit(jax.vmap(program.train_step), donate_argnums=0)
-  eval_fn = jax.jit(jax.vmap(program.evaluate))
+  eval_fn = jax.jit(jax.vmap(lambda state: program.evaluate(state, EVAL_STREAM)))
+  validate_fn = jax.jit(jax.vmap(lambda state: program.evaluate(state, VALID_STREAM)))
   state = jax.jit(jax.vmap(program.init))(jnp.asarray(list(seeds), jnp.int32))
-  num_params = program.num_params
-  state, eval_metrics = _run(program, state, 0, step_fn, eval_fn, on_log=on_log,
-                             on_eval=on_eval, checkpointer=None)
-  return TrainResult(state, eval_metrics, num_params, 0, time.perf_counter() - start_time)
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - started
+  compiled = _compile(step_fn, validate_fn, eval_fn, state)
+  return _finish(program, state, 0, compiled, started, init_s, on_log=on_log, on_eval=on_eval,
+                 checkpointer=None)

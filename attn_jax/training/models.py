@@ -9,8 +9,7 @@ import dataclasses
 from flax import nnx
 
 from attn_jax import nn
-
-POSITIONAL_SCHEMES = ("sinusoidal", "learned", "rope", "alibi", "relative", "none")
+from attn_jax.core.positional import SCHEMES as POSITIONAL_SCHEMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +56,14 @@ class LstmAttentionSpec:
   hidden_size: int = 128
   attention_hidden: int = 0
   attention_implementation: str = "chunked"
+  # "additive" (Bahdanau) or "dot" (Luong's multiplicative score, low rank; much cheaper at
+  # long lengths: [L, L] logits instead of [L, L, attention_hidden]).
+  score: str = "additive"
 
   def __post_init__(self):
     _check_positive(self, "hidden_size")
+    if self.score not in ("additive", "dot"):
+      raise ValueError(f"lstm_attention.score must be 'additive' or 'dot', got {self.score!r}")
     if not isinstance(self.attention_hidden, int) or self.attention_hidden < 0:
       raise ValueError("lstm_attention.attention_hidden must be an int >= 0, got "
                        f"{self.attention_hidden!r}")
@@ -109,5 +113,5 @@ def make_model(spec: ModelSpec, *, vocab_size: int, max_len: int, rngs: nnx.Rngs
     return nn.LSTMWithAttention(
         vocab_size=vocab_size, hidden_size=spec.hidden_size,
         attention_hidden=spec.attention_hidden or None,
-        attention_implementation=spec.attention_implementation, rngs=rngs)
+        attention_implementation=spec.attention_implementation, score=spec.score, rngs=rngs)
   raise ValueError(f"unknown model spec {spec!r}: expected one of {tuple(MODEL_SPECS)}")

@@ -6,7 +6,11 @@ A run's randomness is a function of (seed, step) alone:
 
 - parameters from ``fold_in(key(seed), 0)``;
 - the training batch of step ``s`` from ``fold_in(fold_in(key(seed), 1), s)``;
-- held-out batch ``i`` from ``fold_in(fold_in(key(seed), 2), i)``, a stream training never uses;
+- held-out batch ``i`` from ``fold_in(fold_in(key(seed), 2), i)``, a stream training never uses
+  (the reported evaluation);
+- validation batch ``i`` from ``fold_in(fold_in(key(seed), 3), i)``, a third stream, for the
+  periodic checks during training (learning curves, early stopping), so that the decision to stop
+  never looks at the batches the reported accuracy is measured on;
 - the model's dropout keys at step ``s`` are its initial keys folded with ``s``.
 
 So a resumed run sees exactly the batches and dropout masks an uninterrupted one would.
@@ -30,7 +34,9 @@ from attn_jax.training.optim import learning_rate_schedule, make_optimizer
 Array = jax.Array
 ModelFn = Callable[[nnx.Rngs], nnx.Module]
 
-_INIT_STREAM, _TRAIN_STREAM, _EVAL_STREAM = 0, 1, 2
+_INIT_STREAM, _TRAIN_STREAM = 0, 1
+# The held-out streams `Program.evaluate` draws from.
+EVAL_STREAM, VALID_STREAM = 2, 3
 
 
 class NonFiniteStats(NamedTuple):
@@ -160,9 +166,10 @@ class Program:
     key = jax.random.fold_in(self._wrap(state.seed_key), _TRAIN_STREAM)
     return self.task.sample(jax.random.fold_in(key, state.step), self.config.batch_size)
 
-  def eval_batch(self, seed_key_data: Array, index: Array):
-    """Held-out batch ``index``: the same batches at every evaluation of a run."""
-    key = jax.random.fold_in(self._wrap(seed_key_data), _EVAL_STREAM)
+  def eval_batch(self, seed_key_data: Array, index: Array, stream: int | Array = EVAL_STREAM):
+    """Held-out batch ``index`` of ``stream`` (`EVAL_STREAM` or `VALID_STREAM`): the same
+    batches at every evaluation of a run."""
+    key = jax.random.fold_in(self._wrap(seed_key_data), stream)
     return self.task.sample(jax.random.fold_in(key, index), self.config.batch_size)
 
   # ----- steps -----------------------------------------------------------------------------
@@ -208,12 +215,13 @@ class Program:
     }
     return new_state, metrics
 
-  def evaluate(self, state: TrainState) -> dict[str, Array]:
-    """The task's metrics averaged over ``config.eval_batches`` held-out batches (each batch
-    has the same number of eval positions, so the mean of batch means is the overall mean)."""
+  def evaluate(self, state: TrainState, stream: int | Array = EVAL_STREAM) -> dict[str, Array]:
+    """The task's metrics averaged over ``config.eval_batches`` held-out batches of ``stream``
+    (each batch has the same number of eval positions, so the mean of batch means is the
+    overall mean). ``stream`` may be traced: one compiled program serves both streams."""
 
     def one_batch(index):
-      batch = self.eval_batch(state.seed_key, index)
+      batch = self.eval_batch(state.seed_key, index, stream)
       return self.task.metrics(self.model(state)(batch.inputs), batch)
 
     per_batch = jax.lax.map(one_batch, jnp.arange(self.config.eval_batches))

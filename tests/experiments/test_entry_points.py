@@ -74,6 +74,7 @@ def test_cli_rejects_bad_config(tmp_path, bad):
 def _tiny_sweep_config():
   config = long_range.get_config()
   config.workers = 1
+  config.seeds = (0, 1)
   # Two models keep the test short; every model x task trains in tests/training/test_program.py.
   config.models = ("transformer", "lstm")
   config.copy_memory.delays = (5,)
@@ -81,11 +82,10 @@ def _tiny_sweep_config():
   config.mqar.num_pairs = (2,)
   config.control.task.seq_len = 8
   config.attention_map_delay = 5
-  config.train.num_steps = 2
-  config.train.warmup_steps = 1
-  config.train.batch_size = 4
   config.train.eval_batches = 1
-  for group in ("mqar", "control"):
+  config.train.eval_every = 1
+  config.train.log_every = 1
+  for group in ("copy_memory", "mqar", "control"):
     config[group].train.num_steps = 2
     config[group].train.warmup_steps = 1
     config[group].train.batch_size = 4
@@ -100,21 +100,99 @@ def _tiny_sweep_config():
 def test_sweep_writes_results_in_the_contract_schema(tmp_path):
   config = _tiny_sweep_config()
   results = sweep.sweep(config, str(tmp_path))
-  for name in ("results.json", "results.md", "accuracy_vs_distance.png", "attention_maps.png"):
+  for name in ("results.json", "results.md", "accuracy_vs_distance.png", "attention_maps.png",
+               "learning_curves.png"):
     assert os.path.getsize(tmp_path / name) > 0
   with open(tmp_path / "results.json") as f:
     on_disk = json.load(f)
-  assert on_disk["runs"] == results["runs"] and len(on_disk["runs"]) == 6
+  assert on_disk["runs"] == results["runs"] and len(on_disk["runs"]) == 12  # 6 configs x 2 seeds
   for run in on_disk["runs"]:
     assert {"task", "model", "distance", "seed", "params", "steps", "wall_s",
-            "metrics"} <= set(run)
+            "metrics", "compile_s", "train_s"} <= set(run)
     assert {"accuracy", "loss"} <= set(run["metrics"])
+    assert run["curve"]["train_step"] == [1, 2] and len(run["curve"]["valid_accuracy"]) == 2
   assert {(r["group"], r["task"], r["distance"]) for r in on_disk["runs"]} == {
       ("copy_memory", "copy_memory", 5), ("mqar", "mqar", 16), ("control", "mqar", 8)}
+  assert sorted({r["seed"] for r in on_disk["runs"]}) == [0, 1]
+  assert on_disk["total_wall_s"] > 0 and on_disk["runs_trained"] == 6
   with open(tmp_path / "results.md") as f:
     table = f.read()
   assert table.count("| transformer |") == table.count("| lstm |") == 3
-  assert "memoryless loss" in table
+  assert "memoryless loss" in table and "value set 0.500" in table and "/2 |" in table
   # Rerun on the same workdir: every run is kept, nothing retrains, same results.
   again = sweep.sweep(config, str(tmp_path))
-  assert again["runs"] == results["runs"]
+  assert again["runs"] == results["runs"] and again["runs_trained"] == 0
+
+
+def test_sweep_retrains_exactly_the_runs_whose_settings_changed(tmp_path):
+  config = _tiny_sweep_config()
+  config.models = ("lstm",)
+  config.mqar.enabled = config.control.enabled = False
+  config.copy_memory.delays = (3, 5)
+  first = sweep.sweep(config, str(tmp_path))
+  assert first["runs_trained"] == 2
+  config.copy_memory.train.num_steps = 3  # the budget of every copy run
+  second = sweep.sweep(config, str(tmp_path))
+  assert second["runs_trained"] == 2 and {r["steps"] for r in second["runs"]} == {3}
+  config.lstm.hidden_size = 4  # a model size
+  assert sweep.sweep(config, str(tmp_path))["runs_trained"] == 2
+  config.seeds = (0, 2)  # other seeds
+  third = sweep.sweep(config, str(tmp_path))
+  assert third["runs_trained"] == 2 and {r["seed"] for r in third["runs"]} == {0, 2}
+  # One delay changes: only that run retrains, the other is reused as it was.
+  config.copy_memory.delays = (3, 6)
+  fourth = sweep.sweep(config, str(tmp_path))
+  assert fourth["runs_trained"] == 1 and fourth["runs_kept"] == 1
+  kept = [r for r in fourth["runs"] if r["distance"] == 3]
+  assert kept == [r for r in third["runs"] if r["distance"] == 3]
+
+
+def test_run_refuses_to_resume_on_changed_settings(tmp_path):
+  workdir = str(tmp_path / "run")
+  run_lib.run(_tiny_run_config(), workdir, progress=False)
+  with open(os.path.join(workdir, "settings.json")) as f:
+    assert json.load(f)["train"]["num_steps"] == 6
+  changed = _tiny_run_config()
+  changed.train.learning_rate = 0.5
+  changed.transformer.d_ff = 32
+  with pytest.raises(run_lib.SettingsChangedError) as error:
+    run_lib.run(changed, workdir, progress=False)
+  assert "train.learning_rate" in str(error.value) and "transformer.d_ff" in str(error.value)
+  assert "--allow_changed_settings" in str(error.value)
+  # Reporting fields are not settings: more frequent logging resumes as before.
+  relogged = _tiny_run_config()
+  relogged.train.log_every = 1
+  assert run_lib.run(relogged, workdir, progress=False)["resumed_from"] == 6
+  # The override flag resumes anyway (here a new learning rate: same shapes), and says what
+  # changed.
+  changed.transformer.d_ff = _tiny_run_config().transformer.d_ff
+  forced = run_lib.run(changed, workdir, progress=False, allow_changed_settings=True)
+  assert forced["resumed_from"] == 6
+  assert any("learning_rate" in c for c in forced["settings_changed_on_resume"])
+
+
+def test_cli_refuses_changed_settings_and_honours_the_override(tmp_path):
+  base = [sys.executable, "-m", "experiments.run", "--config=configs/copy_memory.py",
+          f"--workdir={tmp_path}", "--config.train.num_steps=2", "--config.task.delay=3",
+          "--config.train.batch_size=2", "--config.train.eval_batches=1"]
+  assert subprocess.run(base, cwd=ROOT, capture_output=True, text=True,
+                        timeout=300).returncode == 0
+  refused = subprocess.run(base + ["--config.seed=4"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+  assert refused.returncode != 0 and "seed: 0 -> 4" in refused.stderr
+  forced = subprocess.run(base + ["--config.seed=4", "--allow_changed_settings"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert forced.returncode == 0, forced.stderr
+
+
+@pytest.mark.parametrize(("config_file", "num_steps"), [("copy_memory", 5), ("mqar", 1)])
+def test_smoke_run_with_only_num_steps_overridden(tmp_path, config_file, num_steps):
+  """The first thing a newcomer tries: the default config, a handful of steps, nothing else."""
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.run", f"--config=configs/{config_file}.py",
+       f"--workdir={tmp_path}", f"--config.train.num_steps={num_steps}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr
+  assert "warmup clamped" in result.stderr
+  with open(tmp_path / "result.json") as f:
+    assert json.load(f)["steps"] == num_steps

@@ -76,3 +76,25 @@ def test_mqar_rejects_pairs_that_do_not_fit():
     tasks.mqar(jax.random.key(0), batch_size=2, seq_len=64, num_pairs=8, vocab_size=10)
   with pytest.raises(ValueError):
     tasks.copy_memory(jax.random.key(0), batch_size=2, delay=0)
+
+
+@pytest.mark.parametrize(("seq_len", "num_pairs", "vocab_size"), [(24, 4, 16), (64, 8, 64)])
+def test_mqar_distractors_fill_non_queries_with_non_value_tokens(seq_len, num_pairs, vocab_size):
+  plain = tasks.mqar(jax.random.key(5), batch_size=16, seq_len=seq_len, num_pairs=num_pairs,
+                     vocab_size=vocab_size)
+  noisy = tasks.mqar(jax.random.key(5), batch_size=16, seq_len=seq_len, num_pairs=num_pairs,
+                     vocab_size=vocab_size, distractors=True)
+  half, context = vocab_size // 2, 2 * num_pairs
+  inputs, mask = np.asarray(noisy.inputs), np.asarray(noisy.eval_mask)
+  # Pairs, query positions, queried keys and targets are those of the plain batch.
+  np.testing.assert_array_equal(inputs[:, :context], np.asarray(plain.inputs)[:, :context])
+  np.testing.assert_array_equal(mask, plain.eval_mask)
+  np.testing.assert_array_equal(noisy.targets, plain.targets)
+  np.testing.assert_array_equal(inputs[mask], np.asarray(plain.inputs)[mask])
+  # Encoder-safe: every token after the context, query or distractor, lies below V/2 ...
+  after = inputs[:, context:]
+  assert np.all((after >= 0) & (after < half))
+  # ... and the distractors are random tokens of [0, V/2), not blanks: many distinct ones.
+  distractors = inputs[:, context:][~mask[:, context:]]
+  assert len(np.unique(distractors)) == half
+  assert np.mean(distractors == 0) < 0.5
