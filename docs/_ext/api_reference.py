@@ -26,8 +26,10 @@ import types
 from pathlib import Path
 
 from docutils import nodes
+from docutils.parsers.rst.states import RSTStateMachine, state_classes
 from sphinx.ext.autosummary.generate import find_autosummary_in_files
 from sphinx.util import logging
+from sphinx.util.docutils import NullReporter, new_document
 from sphinx.util.inspect import stringify_signature
 from sphinx.util.nodes import make_refnode
 
@@ -183,15 +185,25 @@ def join_hanging_lines(app, what, name, obj, options, lines):
   lines[:] = out
 
 
+def _parse_rst(lines, settings) -> nodes.document:
+  state_machine = RSTStateMachine(state_classes, "Body")
+  document = new_document("", settings)
+  document.reporter = NullReporter()
+  state_machine.run(list(lines), document)
+  return document
+
+
 def _fixed_extract_summary(doc, settings):
   """`sphinx.ext.autosummary.extract_summary` with its first-sentence check fixed.
 
   Sphinx cuts the first stanza at each ". " and keeps the shortest prefix that parses without
   errors, but it parses the whole stanza each time instead of the prefix, so a period inside a
   literal (``q . k``) ends the summary mid-literal. Same algorithm, checking the prefix.
+  ``settings`` is docutils' settings (Sphinx 9) or the document holding them (Sphinx 8).
   """
   from sphinx.ext import autosummary
 
+  settings = getattr(settings, "settings", settings)
   stanza = []
   for line in doc:
     if not line or line.isspace():
@@ -201,7 +213,7 @@ def _fixed_extract_summary(doc, settings):
     stanza.append(line)
   if not stanza:
     return ""
-  node = autosummary._parse_summary(stanza, settings)
+  node = _parse_rst(stanza, settings)
   if isinstance(node[0], nodes.section):
     return node[0].astext().strip()
   if not isinstance(node[0], nodes.paragraph):
@@ -212,7 +224,7 @@ def _fixed_extract_summary(doc, settings):
     summary = ". ".join(sentences[:i + 1]).rstrip(".") + "."
     if summary.endswith(autosummary.WELL_KNOWN_ABBREVIATIONS):
       continue
-    if not any(autosummary._parse_summary([summary], settings).findall(nodes.system_message)):
+    if not any(_parse_rst([summary], settings).findall(nodes.system_message)):
       break
   return autosummary.literal_re.sub(".", summary)
 
