@@ -63,13 +63,13 @@ TaskSpec = CopyMemorySpec | MqarSpec
 class Task:
   """A task with its static sizes bound.
 
-  sample(key, batch_size) -> Batch with arrays [batch_size, seq_len].
-  metrics(logits [B, L, vocab_size], batch) -> dict of float32 scalars, with at least
+  - sample(key, batch_size) -> Batch with arrays [batch_size, seq_len].
+  - metrics(logits [B, L, vocab_size], batch) -> dict of float32 scalars, with at least
     ``loss`` and ``accuracy`` (per-token accuracy on ``eval_mask``).
-  loss_weights(batch) -> float32 [B, L]: the training loss is sum(w * ce) / sum(w).
-  distance: the dependency length a sweep plots against (copy: delay; mqar: seq_len).
-  chance_accuracy: the accuracy of a model that ignores the context.
-  reference: constants worth reporting beside the metrics (e.g. the memoryless baseline loss).
+  - loss_weights(batch) -> float32 [B, L]: the training loss is sum(w * ce) / sum(w).
+  - distance: the dependency length a sweep plots against (copy: delay; mqar: seq_len).
+  - chance_accuracy: the accuracy of a model that ignores the context.
+  - reference: constants worth reporting beside the metrics (e.g. the memoryless baseline loss).
   """
 
   name: str

@@ -164,27 +164,6 @@ def constant_docstring(app, what, name, obj, options, lines):
       lines.append("A dict with the keys " + ", ".join(f"``{k!r}``" for k in obj) + ".")
 
 
-# Docstrings with a known reStructuredText error, repaired at build time until their source is
-# fixed (an entry that no longer needs repair does nothing): a line indented under a
-# multi-line paragraph is a continuation of it, as the author meant, not a block quote.
-HANGING_LINES_TO_JOIN = {"attn_jax.tasks.Task", "attn_jax.tasks.registry.Task"}
-
-
-def join_hanging_lines(app, what, name, obj, options, lines):
-  if name not in HANGING_LINES_TO_JOIN:
-    return
-  out = []
-  for line in lines:
-    indent = len(line) - len(line.lstrip())
-    if out and out[-1].strip() and line.strip() and len(out) >= 2 and out[-2].strip():
-      prev_indent = len(out[-1]) - len(out[-1].lstrip())
-      if indent > prev_indent:
-        out[-1] = out[-1].rstrip() + " " + line.strip()
-        continue
-    out.append(line)
-  lines[:] = out
-
-
 def _parse_rst(lines, settings) -> nodes.document:
   state_machine = RSTStateMachine(state_classes, "Body")
   document = new_document("", settings)
@@ -403,7 +382,6 @@ def setup(app):
 
   autosummary.extract_summary = _fixed_extract_summary
   app.connect("autodoc-process-docstring", constant_docstring)
-  app.connect("autodoc-process-docstring", join_hanging_lines)
   app.connect("autodoc-process-signature", init_signature)
   app.connect("autodoc-process-bases", drop_object_base)
   app.connect("config-inited", on_config_inited)
