@@ -5,6 +5,7 @@ a batch with `jax.vmap`, so the readable single-head code *is* the multi-head de
 """
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -38,12 +39,14 @@ def attend(
     params: Any = None,
     bias: Array | None = None,
     mask: Array | None = None,
+    score_mod: Callable[[Array], Array] | None = None,
     return_weights: bool = False,
 ) -> Array | tuple[Array, Array]:
   """Single-head attention for one example.
 
   query: [q_len, key_dim], key: [kv_len, key_dim], value: [kv_len, value_dim];
-  bias: float, mask: bool (True = may attend), both broadcastable to [q_len, kv_len].
+  bias: float, mask: bool (True = may attend), both broadcastable to [q_len, kv_len];
+  score_mod: logits [q_len, kv_len] -> logits, applied after the bias, before the mask.
   Returns the output [q_len, value_dim] in the query's dtype, and with ``return_weights`` also the
   weights [q_len, kv_len] (rows sum to 1; fully masked rows are all zeros, and so is their output).
   """
@@ -63,6 +66,10 @@ def attend(
   logits = score_fn(query, key, params)  # [q_len, kv_len], float32 or wider
   if bias is not None:
     logits = logits + bias.astype(logits.dtype)
+  if score_mod is not None:
+    if mask is not None:  # a masked logit (garbage, 1e30) never reaches the mod
+      logits = jnp.where(mask, logits, jnp.zeros((), logits.dtype))
+    logits = jnp.broadcast_to(score_mod(logits), logits.shape).astype(logits.dtype)
   weights = masked_softmax(logits, mask)  # [q_len, kv_len]
   out = combine(weights, value).astype(query.dtype)
   if return_weights:
@@ -80,6 +87,7 @@ def multi_head_attend(
     params_per_head: bool = False,
     bias: Array | None = None,
     mask: Array | None = None,
+    score_mod: Callable[[Array, Array], Array] | None = None,
     return_weights: bool = False,
 ) -> Array | tuple[Array, Array]:
   """`attend` vmapped over heads, with grouped-query heads.
@@ -88,7 +96,8 @@ def multi_head_attend(
   value: [kv_len, num_kv_heads, value_dim], num_heads a multiple of num_kv_heads (query head n
   reads key/value head n // (num_heads // num_kv_heads)); bias, mask broadcastable to
   [num_heads, q_len, kv_len]; params: shared by all heads, or with a leading [num_heads] axis on
-  every leaf when ``params_per_head``.
+  every leaf when ``params_per_head``; score_mod(logits [q_len, kv_len], head) -> logits, with the
+  query head's index (int32 scalar).
   Returns [q_len, num_heads, value_dim] (and weights [num_heads, q_len, kv_len]).
   """
   num_heads, num_kv_heads = query.shape[1], key.shape[1]
@@ -124,13 +133,22 @@ def multi_head_attend(
     params = jax.tree.map(lambda p: jnp.reshape(p, (num_kv_heads, groups) + p.shape[1:]), params)
 
   fn = functools.partial(attend, score_fn=score_fn, return_weights=return_weights)
-  one_head = lambda q, k, v, p, b, m: fn(q, k, v, params=p, bias=b, mask=m)
+
+  def one_head(q, k, v, p, b, m, head):
+    mod = None if score_mod is None else functools.partial(_with_head, score_mod, head)
+    return fn(q, k, v, params=p, bias=b, mask=m, score_mod=mod)
+
+  head_KG = jnp.arange(num_heads, dtype=jnp.int32).reshape(num_kv_heads, groups)
   # Inner vmap: the query heads of one group share a key/value head; outer: over kv heads.
-  group = jax.vmap(one_head, in_axes=(0, None, None, params_axis, bias_axis, mask_axis))
-  heads = jax.vmap(group, in_axes=(0, 0, 0, params_axis, bias_axis, mask_axis))
-  result = heads(q_KGTD, k_KSD, v_KSD, params, bias, mask)
+  group = jax.vmap(one_head, in_axes=(0, None, None, params_axis, bias_axis, mask_axis, 0))
+  heads = jax.vmap(group, in_axes=(0, 0, 0, params_axis, bias_axis, mask_axis, 0))
+  result = heads(q_KGTD, k_KSD, v_KSD, params, bias, mask, head_KG)
   out_KGTD = result[0] if return_weights else result
   out = jnp.swapaxes(jnp.reshape(out_KGTD, (num_heads, q_len, -1)), 0, 1)  # [T, N, Dv]
   if return_weights:
     return out, jnp.reshape(result[1], (num_heads, q_len, kv_len))
   return out
+
+
+def _with_head(score_mod, head, logits):
+  return score_mod(logits, head)

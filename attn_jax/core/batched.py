@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from attn_jax.core import scores
+from attn_jax.core import mods, scores
 from attn_jax.core.attention import multi_head_attend
 from attn_jax.core.softmax import masked_softmax
 
@@ -41,14 +41,16 @@ def _batch_axis(x: Array | None) -> tuple[Array | None, int | None]:
 def reference_attention(
     query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None, *,
     scale: float | None = None, score: str = "dot", score_fn: scores.ScoreFn | None = None,
-    params: Any = None, params_per_head: bool = False, return_weights: bool = False,
+    params: Any = None, params_per_head: bool = False, score_mod=None,
+    return_weights: bool = False,
 ) -> Array | tuple[Array, Array]:
   """The single-head `attend`, vmapped over heads and batch.
 
   query [B, T, N, H], key/value [B, S, K, H]; bias/mask [B|1, N|1, T|1, S|1] -> [B, T, N, H], and
   with ``return_weights`` also the weights [B, N, T, S]. ``score_fn`` (with ``params``, shared or
   per head, see `multi_head_attend`) overrides the named ``score`` with ``scale``; it is how the
-  parameterised scores (additive, bilinear) run over a batch.
+  parameterised scores (additive, bilinear) run over a batch. ``score_mod(score, b, h, q_idx,
+  kv_idx)`` (`attn_jax.core.mods`) sees each head's logits [T, S] with its batch and head index.
   """
   if score_fn is None:
     score_fn = score_fn_for(score, query.shape[-1] ** -0.5 if scale is None else scale)
@@ -56,9 +58,17 @@ def reference_attention(
                          return_weights=return_weights)
   bias, bias_axis = _batch_axis(bias)
   mask, mask_axis = _batch_axis(mask)
-  batched = jax.vmap(lambda q, k, v, b, m: fn(q, k, v, params=params, bias=b, mask=m),
-                     in_axes=(0, 0, 0, bias_axis, mask_axis))
-  return batched(query, key, value, bias, mask)
+  q_idx = jnp.arange(query.shape[1], dtype=jnp.int32)[:, None]  # [T, 1]
+  kv_idx = jnp.arange(key.shape[1], dtype=jnp.int32)[None, :]  # [1, S]
+
+  def one_example(q, k, v, b, m, example):
+    mod = None
+    if score_mod is not None:
+      mod = lambda logits, head: score_mod(logits, example, head, q_idx, kv_idx)
+    return fn(q, k, v, params=params, bias=b, mask=m, score_mod=mod)
+
+  batched = jax.vmap(one_example, in_axes=(0, 0, 0, bias_axis, mask_axis, 0))
+  return batched(query, key, value, bias, mask, jnp.arange(query.shape[0], dtype=jnp.int32))
 
 
 def group_heads(x: Array | None, num_kv_heads: int) -> Array | None:
@@ -101,9 +111,9 @@ def kv_seen(mask: Array | None) -> Array | None:
 
 def xla_weights(
     query: Array, key: Array, bias: Array | None, mask: Array | None, *, scale: float,
-    score: str = "dot") -> Array:
+    score: str = "dot", score_mod=None) -> Array:
   """Attention weights (float32), fully masked rows all zero: [B, N, T, S] when N == K, else
-  [B, K, G, T, S]."""
+  [B, K, G, T, S]. ``score_mod`` (`attn_jax.core.mods`) modifies the logits after the bias."""
   seen_BS11 = None if mask is None else kv_seen(mask)[:, :, None, None]
   if seen_BS11 is not None:
     key = jnp.where(seen_BS11, key, jnp.zeros((), key.dtype))  # see `attend`: where, not multiply
@@ -117,16 +127,27 @@ def xla_weights(
                                                                  num_kv_heads=num_kv_heads)
   if bias is not None:
     logits = logits + grouped(bias).astype(logits.dtype)
-  return masked_softmax(logits, grouped(mask))
+  mask = grouped(mask)
+  if score_mod is not None:
+    if mask is not None:  # a masked logit (garbage, 1e30) never reaches the mod
+      logits = jnp.where(mask, logits, jnp.zeros((), logits.dtype))
+    batch, q_len, num_heads = query.shape[:3]
+    b, h, q_idx, kv_idx = mods.grid_index(batch, num_heads, q_len, key.shape[1])
+    if logits.ndim == 5:  # grouped: [B, K, G, T, S]; query head n = k * G + g
+      b, q_idx, kv_idx = b[..., None], q_idx[:, None], kv_idx[:, None]
+      h = h.reshape(1, num_kv_heads, groups, 1, 1)
+    logits = jnp.broadcast_to(score_mod(logits, b, h, q_idx, kv_idx), logits.shape)
+    logits = logits.astype(jnp.promote_types(query.dtype, jnp.float32))
+  return masked_softmax(logits, mask)
 
 
 def xla_attention(
     query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None, *,
-    scale: float, score: str = "dot",
+    scale: float, score: str = "dot", score_mod=None,
 ) -> Array:
   """query [B, T, N, H], key/value [B, S, K, H]; bias/mask [B|1, N|1, T|1, S|1] -> [B, T, N, H]."""
   batch, q_len, num_heads, _ = query.shape
-  weights = xla_weights(query, key, bias, mask, scale=scale, score=score)
+  weights = xla_weights(query, key, bias, mask, scale=scale, score=score, score_mod=score_mod)
   if mask is not None:
     value = jnp.where(kv_seen(mask)[:, :, None, None], value, jnp.zeros((), value.dtype))
   if weights.ndim == 4:

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from attn_jax.core import mods
+
 Array = jax.Array
 MaskMod = Callable[[Array, Array, Array, Array], Array]
 
@@ -100,21 +102,24 @@ def allowed(layout: Layout, terms: Terms, mask_mod: MaskMod | None, q_start, num
     result = _and(result, q < layout.q_len)
   if layout.padded_kv_len != layout.kv_len:
     result = _and(result, kv < layout.kv_len)
-  if layout.is_causal:
-    result = _and(result, kv <= q)
-  if layout.window is not None:
-    left, right = layout.window
-    result = _and(result, (kv >= q - left) & (kv <= q + right))
-  if mask_mod is not None:
-    b = terms.batch_index[:, None, None, None, None]
-    result = _and(result, mask_mod(b, head_index(layout), q[None, None, None],
-                                   kv[None, None, None]))
+  # The mods see real positions only: the padding rows/columns (masked above) are clamped onto
+  # the last one, so no mod indexes past its arrays.
+  b = terms.batch_index[:, None, None, None, None]
+  h = head_index(layout)
+  q_in = jnp.minimum(q, layout.q_len - 1)[None, None, None]
+  kv_in = jnp.minimum(kv, layout.kv_len - 1)[None, None, None]
+  # is_causal, local_window_size and the sequence lengths are the library's mods.
+  static = [mods.causal() if layout.is_causal else None,
+            mods.sliding_window(*layout.window) if layout.window is not None else None,
+            mask_mod]
+  dynamic_mods = []
+  if dynamic and (terms.q_lengths is not None or terms.kv_lengths is not None):
+    dynamic_mods.append(mods.padding(terms.q_lengths, terms.kv_lengths))
+  for mod in static + dynamic_mods:
+    if mod is not None:
+      result = _and(result, mod(b, h, q_in, kv_in))
   if not dynamic:
     return result
-  if terms.q_lengths is not None:
-    result = _and(result, q < terms.q_lengths[:, None, None, None, None])
-  if terms.kv_lengths is not None:
-    result = _and(result, kv < terms.kv_lengths[:, None, None, None, None])
   if terms.mask is not None:
     mask = terms.mask
     if mask.shape[3] > 1:

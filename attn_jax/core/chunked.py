@@ -10,7 +10,7 @@ into the arrays they close over.
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,18 +86,7 @@ def attend(query, key, value, *, bias, mask, scale, is_causal, query_seq_lengths
   if score_params is not None and params_per_head:  # [N, ...] -> [K, G, ...]
     score_params = jax.tree.map(lambda p: p.reshape(kv_heads, groups, *p.shape[1:]), score_params)
   terms = Terms(mask, query_seq_lengths, key_value_seq_lengths, jnp.arange(batch, dtype=jnp.int32))
-
-  # The static summary bounds the loops; a second one on device refines it where terms are traced.
-  static_mod = block_mask.is_static(mask_mod, batch, layout)
-  bound = block_mask.static_summary(layout, batch, mask_mod if static_mod else None)
-  dynamic = not static_mod or any(x is not None for x in terms[:3])
-  summary = block_mask.summarize(layout, terms, mask_mod, dynamic=True) if dynamic else bound
-  kind = summary.kind
-  # Per-batch block lists pay off only when there are several blocks to choose from.
-  per_batch = kind.shape[0] > 1 and layout.num_q_blocks * layout.num_k_blocks > 1
-  if kind.shape[0] > 1 and not per_batch:
-    kind = _union_over_batch(kind)
-  plan, fwd_steps, bwd_steps = block_mask.plan(kind, bound.kind)
+  summary, plan, fwd_steps, bwd_steps, per_batch = _plan(layout, terms, mask_mod, batch)
 
   # Zero what no key may see and the keys no query may see *before* any arithmetic, with `where`:
   # a NaN there would otherwise leak through 0 * NaN in the matmuls (and into the gradients).
@@ -127,6 +116,57 @@ def attend(query, key, value, *, bias, mask, scale, is_causal, query_seq_lengths
     out = lax.map(one_row, (query, key, value, terms.q_lengths, terms.kv_lengths,
                             terms.batch_index, plan, mapped(bias), mapped(mask)))
   return out[:, :q_len]
+
+
+class BlockPlan(NamedTuple):
+  """How the kernel will visit the blocks of a call (see `block_plan`).
+
+  kind: int32 [Bs, nQ, nK], `block_mask.EMPTY` (skipped: no matmul, no exponential), PARTIAL or
+  FULL (no per-element mask), Bs = B when the blocks are chosen per example, else 1; numpy when
+  known at trace time. fwd_steps / bwd_steps: the static trip counts of the two loops.
+  """
+
+  kind: Any
+  per_batch: bool
+  fwd_steps: int
+  bwd_steps: int
+
+
+def block_plan(batch: int, q_len: int, kv_len: int, num_heads: int,
+               num_kv_heads: int | None = None, *, is_causal: bool = False,
+               local_window_size: tuple[int, int] | None = None, query_seq_lengths=None,
+               key_value_seq_lengths=None, mask=None, mask_mod=None,
+               block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K) -> BlockPlan:
+  """The block plan `chunked_attention` runs with for these sizes and masks (mask: bool
+  broadcastable to [B, N, T, S]; the rest as there). For inspection and tests."""
+  kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+  layout = Layout(q_len=q_len, kv_len=kv_len, block_q=min(block_q, q_len),
+                  block_k=min(block_k, kv_len), kv_heads=kv_heads, groups=num_heads // kv_heads,
+                  is_causal=is_causal, window=local_window_size)
+  if mask is not None:
+    mask = jnp.reshape(mask, (1,) * (4 - jnp.ndim(mask)) + jnp.shape(mask))
+    mask = _pad_blocks(layout, group_heads(jnp.asarray(mask), kv_heads), False)
+  as_int32 = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
+  terms = Terms(mask, as_int32(query_seq_lengths), as_int32(key_value_seq_lengths),
+                jnp.arange(batch, dtype=jnp.int32))
+  _, plan, fwd_steps, bwd_steps, per_batch = _plan(layout, terms, mask_mod, batch)
+  return BlockPlan(plan.kind, per_batch, fwd_steps, bwd_steps)
+
+
+def _plan(layout: Layout, terms: Terms, mask_mod, batch: int):
+  """-> (summary, plan, fwd_steps, bwd_steps, per_batch): which blocks the kernel visits."""
+  # The static summary bounds the loops; a second one on device refines it where terms are traced.
+  static_mod = block_mask.is_static(mask_mod, batch, layout)
+  bound = block_mask.static_summary(layout, batch, mask_mod if static_mod else None)
+  dynamic = not static_mod or any(x is not None for x in terms[:3])
+  summary = block_mask.summarize(layout, terms, mask_mod, dynamic=True) if dynamic else bound
+  kind = summary.kind
+  # Per-example block lists pay off only when there are several blocks to choose from.
+  per_batch = kind.shape[0] > 1 and layout.num_q_blocks * layout.num_k_blocks > 1
+  if kind.shape[0] > 1 and not per_batch:
+    kind = _union_over_batch(kind)
+  plan, fwd_steps, bwd_steps = block_mask.plan(kind, bound.kind)
+  return summary, plan, fwd_steps, bwd_steps, per_batch
 
 
 def _run(cfg, score_mod, mask_mod, score_params, query, key, value, bias, terms, plan):

@@ -56,9 +56,15 @@ def convert(fn: Callable, *example_args) -> tuple[Callable, list]:
 
 
 def block_indices(layout: Layout, batch_index: Array, i, j):
-  """Index arrays of block (i, j): b [B,1,1,1,1], h [1,K,G,1,1], q [1,1,1,bq,1], kv [1,1,1,1,bk]."""
-  q = (i * layout.block_q + jnp.arange(layout.block_q, dtype=jnp.int32))[:, None]
-  kv = (j * layout.block_k + jnp.arange(layout.block_k, dtype=jnp.int32))[None, :]
+  """Index arrays of block (i, j): b [B,1,1,1,1], h [1,K,G,1,1], q [1,1,1,bq,1], kv [1,1,1,1,bk].
+
+  Positions past the sequence (the padding of the last blocks, masked anyway) are clamped onto the
+  last one, so a mod never indexes past its arrays.
+  """
+  q = jnp.minimum(i * layout.block_q + jnp.arange(layout.block_q, dtype=jnp.int32),
+                  layout.q_len - 1)[:, None]
+  kv = jnp.minimum(j * layout.block_k + jnp.arange(layout.block_k, dtype=jnp.int32),
+                   layout.kv_len - 1)[None, :]
   return (batch_index[:, None, None, None, None], block_mask.head_index(layout),
           q[None, None, None], kv[None, None, None])
 
@@ -133,7 +139,8 @@ def _logits(cfg, i, j, q_blk, k_blk, bias_blk, params, mod_args, allowed, with_v
     def modded(x, float_consts):
       if allowed is not None:  # a masked logit (garbage, 1e30) never reaches the mod
         x = jnp.where(allowed, x, 0.0)
-      return cfg.score_mod((float_consts, other_consts), x, *index).astype(x.dtype)
+      out = cfg.score_mod((float_consts, other_consts), x, *index)
+      return jnp.broadcast_to(out, x.shape).astype(x.dtype)
 
     if with_vjp:
       x, mod_vjp = jax.vjp(modded, x, float_consts)

@@ -15,6 +15,8 @@ import operator
 import jax
 import jax.numpy as jnp
 
+from attn_jax.core import mods
+
 Array = jax.Array
 
 
@@ -40,8 +42,7 @@ def make_causal_mask(q_len: int, kv_len: int | None = None) -> Array:
   """
   q_len = _static_size(q_len, "q_len")
   kv_len = q_len if kv_len is None else _static_size(kv_len, "kv_len")
-  mask = jnp.tril(jnp.ones((q_len, kv_len), dtype=bool))  # [q_len, kv_len]
-  return mask[None, None]
+  return mods.dense_mask(mods.causal(), 1, 1, q_len, kv_len)
 
 
 def _check_lengths(lengths, name: str) -> Array:
@@ -70,22 +71,20 @@ def make_padding_mask(
   """
   q_len = _static_size(q_len, "q_len")
   kv_len = _static_size(kv_len, "kv_len")
-  q_valid = jnp.ones((1, q_len), dtype=bool)  # [batch, q_len]
-  kv_valid = jnp.ones((1, kv_len), dtype=bool)  # [batch, kv_len]
   if query_seq_lengths is not None:
     query_seq_lengths = _check_lengths(query_seq_lengths, "query_seq_lengths")
-    q_valid = jnp.arange(q_len)[None, :] < query_seq_lengths[:, None]
   if key_value_seq_lengths is not None:
     key_value_seq_lengths = _check_lengths(key_value_seq_lengths, "key_value_seq_lengths")
-    kv_valid = jnp.arange(kv_len)[None, :] < key_value_seq_lengths[:, None]
   if query_seq_lengths is not None and key_value_seq_lengths is not None and (
       query_seq_lengths.shape != key_value_seq_lengths.shape):
     raise ValueError(
         "query_seq_lengths and key_value_seq_lengths must share [batch]: got "
         f"{query_seq_lengths.shape} and {key_value_seq_lengths.shape}")
-  # [batch, q_len, 1] & [batch, 1, kv_len] -> [batch, q_len, kv_len]
-  mask = q_valid[:, :, None] & kv_valid[:, None, :]
-  return mask[:, None]
+  given = [x for x in (query_seq_lengths, key_value_seq_lengths) if x is not None]
+  batch = given[0].shape[0] if given else 1
+  mask = mods.dense_mask(mods.padding(query_seq_lengths, key_value_seq_lengths), batch, 1, q_len,
+                         kv_len)
+  return jnp.broadcast_to(mask, (batch, 1, q_len, kv_len))
 
 
 def make_segment_mask(query_segment_ids: Array, key_segment_ids: Array | None = None) -> Array:
@@ -109,9 +108,9 @@ def make_segment_mask(query_segment_ids: Array, key_segment_ids: Array | None = 
     raise ValueError(
         "segment ids must share the batch size: got query_segment_ids "
         f"{query_segment_ids.shape} and key_segment_ids {key_segment_ids.shape}")
-  # [batch, q_len, 1] == [batch, 1, kv_len] -> [batch, q_len, kv_len]
-  mask = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
-  return mask[:, None]
+  batch, q_len, kv_len = (*query_segment_ids.shape, key_segment_ids.shape[1])
+  return mods.dense_mask(mods.document(query_segment_ids, key_segment_ids), batch, 1, q_len,
+                         kv_len)
 
 
 def make_local_mask(q_len: int, kv_len: int, window: int | tuple[int, int]) -> Array:
@@ -134,10 +133,7 @@ def make_local_mask(q_len: int, kv_len: int, window: int | tuple[int, int]) -> A
     left = right = window
   left = _static_size(left, "window (left)")
   right = _static_size(right, "window (right)")
-  query_pos = jnp.arange(q_len)[:, None]  # [q_len, 1]
-  key_pos = jnp.arange(kv_len)[None, :]  # [1, kv_len]
-  mask = (key_pos >= query_pos - left) & (key_pos <= query_pos + right)  # [q_len, kv_len]
-  return mask[None, None]
+  return mods.dense_mask(mods.sliding_window(left, right), 1, 1, q_len, kv_len)
 
 
 def _combine(op, masks: tuple, name: str) -> Array | None:

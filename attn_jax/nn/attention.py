@@ -1,19 +1,20 @@
 """`MultiHeadAttention`: parameters around the functional core.
 
 The module owns the projections, the score's weights and the positional scheme; the math is the
-core's: `attn_jax.dot_product_attention` for the dot and cosine scores (fast, fused backends), and
-the single-head `attend` vmapped over heads (`batched.reference_attention`) for the parameterised
-scores (additive, bilinear), for attention-weight dropout and whenever the weights are returned.
+core's. The dot, cosine and bilinear scores (the bilinear ``q^T W k`` is the dot product of the
+queries ``W^T q``) run on `attn_jax.dot_product_attention` and its fast backends; the additive
+score on the chunked kernel or the vmapped single-head `attend`; and whenever the weights are
+returned or dropped out, the single-head path (`batched.reference_attention`). ALiBi and T5
+relative positions are score mods and packed sequences (``segment_ids``) a mask mod
+(`attn_jax.core.mods`), so no dense [B, N, T, S] bias is ever built for them.
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from attn_jax.attention import dot_product_attention
-from attn_jax.core import batched, masks, positional, scores
+from attn_jax.attention import dot_product_attention, select_implementation
+from attn_jax.core import batched, chunked, masks, mods, positional, scores
 
 Array = jax.Array
 
@@ -37,7 +38,8 @@ class MultiHeadAttention(nnx.Module):
     positional: "none", "rope" (rotates queries and keys), "alibi" (linear distance bias) or
       "relative" (T5 bucketed bias, a learned [num_buckets, N] table).
     dropout_rate: dropout on the attention weights (active in ``train()`` mode only).
-    implementation: passed to `attn_jax.dot_product_attention` for the dot and cosine scores.
+    implementation: passed to `attn_jax.dot_product_attention` for the dot, cosine and bilinear
+      scores; for the additive score None (chunked for long sequences), "reference" or "chunked".
   """
 
   def __init__(
@@ -57,6 +59,9 @@ class MultiHeadAttention(nnx.Module):
       raise ValueError(f"score must be one of {tuple(scores.SCORES)}; got {score!r}")
     if positional not in POSITIONAL:
       raise ValueError(f"positional must be one of {POSITIONAL}; got {positional!r}")
+    if score == "additive" and implementation not in (None, "reference", "chunked"):
+      raise ValueError("the additive score runs on implementation None, 'reference' or "
+                       f"'chunked'; got {implementation!r}")
     if positional == "rope" and head_dim % 2:
       raise ValueError(f"rope needs an even head_dim; got {head_dim}")
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
@@ -130,12 +135,15 @@ class MultiHeadAttention(nnx.Module):
   def __call__(
       self, inputs_q: Array, inputs_kv: Array | None = None, *, mask: Array | None = None,
       bias: Array | None = None, is_causal: bool = False, query_positions: Array | None = None,
-      key_positions: Array | None = None, return_weights: bool = False,
+      key_positions: Array | None = None, segment_ids: Array | None = None,
+      key_segment_ids: Array | None = None, return_weights: bool = False,
   ) -> Array | tuple[Array, Array]:
     """inputs_q: [B, T, D]; inputs_kv: [B, S, D] (None: self-attention, S = T).
 
     mask (bool, True = may attend) and bias: broadcastable to [B, N, T, S]. query_positions [B|1, T]
     and key_positions [B|1, S] feed the positional scheme (default 0..T-1 and 0..S-1).
+    segment_ids: int [B|1, T], packed sequences: a query attends only keys of its own segment
+    (key_segment_ids [B|1, S] for cross-attention; default the same ids).
     Returns [B, T, out_features], and with ``return_weights`` also the weights [B, N, T, S].
     """
     if inputs_q.ndim != 3 or (inputs_kv is not None and inputs_kv.ndim != 3):
@@ -143,72 +151,98 @@ class MultiHeadAttention(nnx.Module):
           f"expected inputs_q [B, T, D] and inputs_kv [B, S, D]; got {inputs_q.shape} and "
           f"{None if inputs_kv is None else inputs_kv.shape}")
     weight_dropout = self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic
-    fast = self.score in ("dot", "cosine") and not (return_weights or weight_dropout)
-    # The fast dot path takes its 1/sqrt(H) in the query projection (and scale=1 below); RoPE is a
-    # rotation and biases are added to the logits after scaling, so neither notices.
-    query_scale = self.head_dim**-0.5 if fast and self.score == "dot" else None
+    with_weights = return_weights or weight_dropout
+    # The dot path takes its 1/sqrt(H) in the query projection (and scale 1 after); RoPE is a
+    # rotation and biases and score mods act on the scaled logits, so none of them notices.
+    query_scale = self.head_dim**-0.5 if self.score == "dot" and not with_weights else None
     # [B, T, N, H], [B, S, K, H] x2
     query, key, value = self._project(inputs_q, inputs_kv, query_scale)
-    q_len, kv_len = query.shape[1], key.shape[1]
-    if query_positions is None:
-      query_positions = jnp.arange(q_len)[None]
-    if key_positions is None:
-      key_positions = query_positions if inputs_kv is None else jnp.arange(kv_len)[None]
     if self.positional == "rope":
-      query = positional.apply_rope(query, query_positions)
-      key = positional.apply_rope(key, key_positions)
-    elif self.positional in ("alibi", "relative"):
-      if self.positional == "alibi":
-        pos_bias = positional.alibi_bias(self.num_heads, query_positions, key_positions)
-      else:
-        pos_bias = positional.relative_position_bias(
-            self.relative_table[...], query_positions, key_positions,
-            bidirectional=not is_causal, num_buckets=self.num_buckets,
-            max_distance=self.max_distance)
-      bias = pos_bias if bias is None else bias + pos_bias  # [B|1, N, T, S]
-
-    if fast:
-      out_BTNH = dot_product_attention(
-          query, key, value, bias, mask, is_causal=is_causal, score=self.score,
-          scale=None if query_scale is None else 1.0, implementation=self.implementation)
-      weights = None
+      default = lambda n: jnp.arange(n)[None]
+      q_pos = default(query.shape[1]) if query_positions is None else query_positions
+      k_pos = key_positions if key_positions is not None else (
+          q_pos if inputs_kv is None else default(key.shape[1]))
+      query, key = positional.apply_rope(query, q_pos), positional.apply_rope(key, k_pos)
+    if key_positions is None and inputs_kv is None:
+      key_positions = query_positions
+    score_mod = self._position_mod(is_causal, query_positions, key_positions)
+    mask_mod = None
+    if segment_ids is not None:
+      mask_mod = mods.document(segment_ids, segment_ids if key_segment_ids is None
+                               else key_segment_ids)
+    score, scale = self.score, (None if query_scale is None else 1.0)
+    if score == "bilinear":
+      # q^T W k = (W^T q) . k, scaled like the dot product so the two start equal.
+      w = self.score_params.get_value()["w"] * self.head_dim**-0.5  # [N, H, H]
+      query = jnp.einsum("btnd,nde->btne", query, w.astype(query.dtype))
+      score, scale = "dot", 1.0
+    if with_weights:
+      out_BTNH, weights = self._attend_with_weights(query, key, value, bias, mask, is_causal,
+                                                    score, scale, score_mod, mask_mod)
+    elif score == "additive":
+      out_BTNH, weights = self._attend_additive(query, key, value, bias, mask, is_causal,
+                                                score_mod, mask_mod), None
     else:
-      out_BTNH, weights = self._attend_with_weights(query, key, value, bias, mask, is_causal)
+      out_BTNH = dot_product_attention(
+          query, key, value, bias, mask, is_causal=is_causal, score=score, scale=scale,
+          implementation=self.implementation, score_mod=score_mod, mask_mod=mask_mod)
+      weights = None
     # [B, T, N, H] x [N, H, D_out] -> [B, T, D_out]
     out = jnp.einsum("btnh,nhd->btd", out_BTNH, self.out_kernel[...].astype(out_BTNH.dtype))
     if self.out_bias is not None:
       out = out + self.out_bias[...].astype(out.dtype)
     return (out, weights) if return_weights else out
 
-  def _attend_with_weights(self, query, key, value, bias, mask, is_causal):
+  def _position_mod(self, is_causal, query_positions, key_positions) -> mods.ScoreMod | None:
+    """ALiBi and T5 relative positions as score mods (None for the other schemes)."""
+    if self.positional == "alibi":
+      return mods.alibi(positional.alibi_slopes(self.num_heads), query_positions, key_positions)
+    if self.positional == "relative":
+      return mods.relative_position(
+          self.relative_table[...], bidirectional=not is_causal, max_distance=self.max_distance,
+          query_positions=query_positions, key_positions=key_positions)
+    return None
+
+  def _attend_additive(self, query, key, value, bias, mask, is_causal, score_mod, mask_mod):
+    """The additive score with per-head weights: the chunked kernel for long sequences (never
+    the [T, S, hidden] tensor), else the vmapped single-head path."""
+    as_4d = lambda x: None if x is None else jnp.reshape(x, (1,) * (4 - x.ndim) + x.shape)
+    implementation = self.implementation
+    if implementation is None:  # where the dot product would go chunked, so does this
+      implementation = select_implementation(query, key, value, as_4d(bias), as_4d(mask),
+                                             is_causal=is_causal)
+    if implementation == "chunked":
+      return chunked.chunked_attention(
+          query, key, value, bias=as_4d(bias), mask=as_4d(mask), is_causal=is_causal,
+          score_fn=scores.additive, score_params=self.score_params.get_value(),
+          params_per_head=True, score_mod=score_mod, mask_mod=mask_mod)
+    return self._attend_with_weights(query, key, value, bias, mask, is_causal, "additive", None,
+                                     score_mod, mask_mod)[0]
+
+  def _attend_with_weights(self, query, key, value, bias, mask, is_causal, score, scale,
+                           score_mod, mask_mod):
     """The vmapped single-head path; returns ([B, T, N, H], weights [B, N, T, S])."""
-    q_len, kv_len = query.shape[1], key.shape[1]
-    mask = None if mask is None else jnp.reshape(mask, (1,) * (4 - mask.ndim) + mask.shape)
-    mask = masks.and_masks(mask, masks.make_causal_mask(q_len, kv_len) if is_causal else None)
-    bias = None if bias is None else jnp.reshape(bias, (1,) * (4 - bias.ndim) + bias.shape)
-    if self.score in ("dot", "cosine"):
-      scale = self.head_dim**-0.5 if self.score == "dot" else self.head_dim**0.5
-      score_fn, params = batched.score_fn_for(self.score, scale), None
+    batch, q_len = query.shape[:2]
+    kv_len = key.shape[1]
+    as_4d = lambda x: None if x is None else jnp.reshape(x, (1,) * (4 - x.ndim) + x.shape)
+    mask = masks.and_masks(
+        as_4d(mask), masks.make_causal_mask(q_len, kv_len) if is_causal else None,
+        None if mask_mod is None else mods.dense_mask(mask_mod, batch, self.num_heads, q_len,
+                                                      kv_len))
+    params = None
+    if score == "additive":
+      score_fn, params = scores.additive, self.score_params.get_value()
     else:
-      score_fn = scores.get_score(self.score)
-      params = self.score_params.get_value()
-      if self.score == "bilinear":  # scale like the dot product so the two start equal
-        score_fn = _scaled(score_fn, self.head_dim**-0.5)
+      default = self.head_dim**-0.5 if score == "dot" else self.head_dim**0.5
+      score_fn = batched.score_fn_for(score, default if scale is None else scale)
     out, weights = batched.reference_attention(
-        query, key, value, bias, mask, score_fn=score_fn, params=params,
-        params_per_head=params is not None, return_weights=True)
+        query, key, value, as_4d(bias), mask, score_fn=score_fn, params=params,
+        params_per_head=params is not None, score_mod=score_mod, return_weights=True)
     if self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic:
       # Dropout on the weights, then recombine: weights [B, N, T, S] x value [B, S, K, H].
       weights = self.attn_dropout(weights)
       out = _combine_grouped(weights, value).astype(query.dtype)
     return out, weights
-
-
-def _scaled(score_fn, scale):
-  @functools.wraps(score_fn)
-  def fn(query, key, params):
-    return score_fn(query, key, params) * scale
-  return fn
 
 
 def _combine_grouped(weights: Array, value: Array) -> Array:

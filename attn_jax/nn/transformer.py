@@ -39,10 +39,11 @@ class EncoderBlock(nnx.Module):
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 
   def __call__(self, x: Array, *, mask: Array | None, is_causal: bool, positions: Array,
-               return_weights: bool = False):
+               segment_ids: Array | None = None, return_weights: bool = False):
     """x: [B, L, D] -> [B, L, D] (and the attention weights [B, N, L, L])."""
     attended = self.attention(self.attn_norm(x), mask=mask, is_causal=is_causal,
-                              query_positions=positions, return_weights=return_weights)
+                              query_positions=positions, segment_ids=segment_ids,
+                              return_weights=return_weights)
     attended, weights = attended if return_weights else (attended, None)
     x = x + self.dropout(attended)
     x = x + self.dropout(self.mlp(self.mlp_norm(x)))
@@ -90,9 +91,11 @@ class TransformerEncoder(nnx.Module):
     self.classifier = nnx.Linear(d_model, vocab_size, rngs=rngs)
 
   def __call__(self, tokens: Array, *, mask: Array | None = None,
-               positions: Array | None = None, return_attention: bool = False):
+               positions: Array | None = None, segment_ids: Array | None = None,
+               return_attention: bool = False):
     """tokens: int [B, L]; mask: bool broadcastable to [B, N, L, L] (e.g. padding);
-    positions: int [B|1, L] (default 0..L-1).
+    positions: int [B|1, L] (default 0..L-1); segment_ids: int [B|1, L] for packed sequences
+    (each token attends only within its segment; pass positions restarting per segment too).
 
     Returns logits [B, L, vocab_size], and with ``return_attention`` also a list with every
     layer's attention weights [B, N, L, L].
@@ -113,7 +116,7 @@ class TransformerEncoder(nnx.Module):
     attention = []
     for block in self.blocks:
       x = block(x, mask=mask, is_causal=self.causal, positions=positions,
-                return_weights=return_attention)
+                segment_ids=segment_ids, return_weights=return_attention)
       if return_attention:
         x, weights = x
         attention.append(weights)

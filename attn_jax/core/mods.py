@@ -1,0 +1,213 @@
+"""Programmable attention: score and mask modifications ("mods"), as in PyTorch's FlexAttention.
+
+Two kinds of function, written with elementwise ``jnp`` code as if for scalars::
+
+    mask_mod(b, h, q_idx, kv_idx) -> bool           # True = may attend
+    score_mod(score, b, h, q_idx, kv_idx) -> score  # on the float32 logit, before masking
+
+``b`` is the batch index, ``h`` the query head (0 to N-1), ``q_idx`` / ``kv_idx`` positions: int32
+arrays that broadcast against each other and against ``score``. A mod may close over arrays
+(segment ids, slopes, tables); `attn_jax.dot_product_attention` differentiates into the float
+ones. Every implementation takes them ("reference", "xla": on the dense grid; "chunked": block by
+block, skipping the blocks a mask_mod rules out).
+
+This module holds the library of mods (each a few lines), the combinators, and the dense
+evaluation that defines what a mod means on the full [B, N, T, S] grid. The attention masks of
+`attn_jax.core.masks` and the ``is_causal`` / ``local_window_size`` / sequence-length arguments
+are these same functions.
+"""
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from attn_jax.core import positional
+
+Array = jax.Array
+MaskMod = Callable[[Array, Array, Array, Array], Array]
+ScoreMod = Callable[[Array, Array, Array, Array, Array], Array]
+
+
+# ----------------------------------------------------------------------------- mask mods
+
+
+def causal() -> MaskMod:
+  """Query i attends keys j <= i (top-left aligned, as ``is_causal``)."""
+  return lambda b, h, q_idx, kv_idx: kv_idx <= q_idx
+
+
+def sliding_window(left: int, right: int = 0) -> MaskMod:
+  """Query i attends keys i - left <= j <= i + right (``local_window_size=(left, right)``)."""
+  if left < 0 or right < 0:
+    raise ValueError(f"sliding_window needs left, right >= 0; got ({left}, {right})")
+  return lambda b, h, q_idx, kv_idx: (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
+
+
+def _lookup(x: Array, b: Array, idx: Array) -> Array:
+  """x[b, idx] for x [B|1, L] (a size-1 batch axis is shared by every example); b and idx
+  broadcast against each other."""
+  return x[0, idx] if x.shape[0] == 1 else x[b, idx]
+
+
+def padding(query_seq_lengths: Array | None = None,
+            key_value_seq_lengths: Array | None = None) -> MaskMod:
+  """Positions at or past an example's length are padding (the ``*_seq_lengths`` arguments).
+
+  query_seq_lengths, key_value_seq_lengths: int [B] (None: no padding on that side).
+  """
+  def mod(b, h, q_idx, kv_idx):
+    ok = jnp.ones((), bool)
+    if query_seq_lengths is not None:
+      ok = ok & (q_idx < jnp.asarray(query_seq_lengths)[b])
+    if key_value_seq_lengths is not None:
+      ok = ok & (kv_idx < jnp.asarray(key_value_seq_lengths)[b])
+    return ok
+
+  return mod
+
+
+def document(query_segment_ids: Array, key_segment_ids: Array | None = None) -> MaskMod:
+  """Packed sequences: attend only to keys of the query's own segment (document).
+
+  query_segment_ids: int [B|1, T]; key_segment_ids: int [B|1, S] (default: the query's, for
+  self-attention). Combine with `causal` for packed causal language modelling.
+  """
+  q_ids = jnp.asarray(query_segment_ids)
+  kv_ids = q_ids if key_segment_ids is None else jnp.asarray(key_segment_ids)
+  if q_ids.ndim != 2 or kv_ids.ndim != 2:
+    raise ValueError(f"segment ids must be [batch, length]; got {q_ids.shape} and {kv_ids.shape}")
+  return lambda b, h, q_idx, kv_idx: _lookup(q_ids, b, q_idx) == _lookup(kv_ids, b, kv_idx)
+
+
+def prefix_lm(prefix_lengths: Array | int) -> MaskMod:
+  """Prefix language model: bidirectional over each example's first ``prefix_lengths`` tokens,
+  causal after them (Raffel et al. 2020). prefix_lengths: int, or int [B]."""
+  prefix = jnp.asarray(prefix_lengths)
+
+  def mod(b, h, q_idx, kv_idx):
+    length = prefix if prefix.ndim == 0 else prefix[b]
+    return (kv_idx <= q_idx) | (kv_idx < length)
+
+  return mod
+
+
+def and_masks(*mods: MaskMod | None) -> MaskMod | None:
+  """Pairs every mod allows (None entries skipped; None if none is left)."""
+  mods = [m for m in mods if m is not None]
+  if not mods:
+    return None
+  return lambda *index: functools.reduce(jnp.logical_and, (m(*index) for m in mods))
+
+
+def or_masks(*mods: MaskMod) -> MaskMod:
+  """Pairs some mod allows."""
+  return lambda *index: functools.reduce(jnp.logical_or, (m(*index) for m in mods))
+
+
+# ----------------------------------------------------------------------------- score mods
+
+
+def _positions(positions: Array | None, b: Array, idx: Array) -> Array:
+  """Position of ``idx`` in example ``b``: idx itself, or positions [B|1, L] looked up."""
+  return idx if positions is None else _lookup(jnp.asarray(positions), b, idx)
+
+
+def alibi(slopes: Array, query_positions: Array | None = None,
+          key_positions: Array | None = None) -> ScoreMod:
+  """ALiBi (Press et al. 2022): ``score - slopes[h] * |key_pos - query_pos|``.
+
+  slopes: float [N] (`attn_jax.core.positional.alibi_slopes`, or learnable); positions: int
+  [B|1, T] / [B|1, S] (default 0..T-1). Symmetric, as `positional.alibi_bias`; with a causal mask
+  it is the paper's decoder form.
+  """
+  def mod(score, b, h, q_idx, kv_idx):
+    distance = jnp.abs(_positions(key_positions, b, kv_idx)
+                       - _positions(query_positions, b, q_idx)).astype(score.dtype)
+    return score - jnp.asarray(slopes)[h].astype(score.dtype) * distance
+
+  return mod
+
+
+def relative_position(table: Array, *, bidirectional: bool = True, max_distance: int = 128,
+                      query_positions: Array | None = None,
+                      key_positions: Array | None = None) -> ScoreMod:
+  """T5 relative position bias (Raffel et al. 2020): ``score + table[bucket(kv - q), h]``.
+
+  table: float [num_buckets, N] (learnable); buckets as `positional.relative_position_bucket`.
+  """
+  table = jnp.asarray(table)
+
+  def mod(score, b, h, q_idx, kv_idx):
+    relative = _positions(key_positions, b, kv_idx) - _positions(query_positions, b, q_idx)
+    bucket = positional.relative_position_bucket(
+        relative, bidirectional=bidirectional, num_buckets=table.shape[0],
+        max_distance=max_distance)
+    return score + table[bucket, h].astype(score.dtype)
+
+  return mod
+
+
+def softcap(cap: float | Array) -> ScoreMod:
+  """Soft-capping (Gemma 2): ``cap * tanh(score / cap)``, logits kept within (-cap, cap).
+
+  cap: a positive float, or a float array (it may be learnt: gradients flow into it)."""
+  if isinstance(cap, int | float) and not cap > 0:
+    raise ValueError(f"softcap needs cap > 0; got {cap}")
+  return lambda score, b, h, q_idx, kv_idx: cap * jnp.tanh(score / cap)
+
+
+def compose(*mods: ScoreMod | None) -> ScoreMod | None:
+  """Score mods applied left to right (None entries skipped; None if none is left)."""
+  mods = [m for m in mods if m is not None]
+  if not mods:
+    return None
+
+  def mod(score, *index):
+    for m in mods:
+      score = m(score, *index)
+    return score
+
+  return mod
+
+
+# ----------------------------------------------------------------------------- on the dense grid
+
+
+def grid_index(batch: int, num_heads: int, q_len: int, kv_len: int):
+  """int32 b [B,1,1,1], h [1,N,1,1], q_idx [1,1,T,1], kv_idx [1,1,1,S]: the full index grid."""
+  arange = lambda n, axis: jnp.arange(n, dtype=jnp.int32).reshape(
+      [n if a == axis else 1 for a in range(4)])
+  return arange(batch, 0), arange(num_heads, 1), arange(q_len, 2), arange(kv_len, 3)
+
+
+def dense_mask(mask_mod: MaskMod, batch: int, num_heads: int, q_len: int, kv_len: int) -> Array:
+  """``mask_mod`` on the full grid: bool broadcastable to [B, N, T, S] (size 1 on the axes it
+  does not depend on). The definition the chunked kernel reproduces block by block."""
+  return jnp.asarray(mask_mod(*grid_index(batch, num_heads, q_len, kv_len)))
+
+
+def check(score_mod: ScoreMod | None, mask_mod: MaskMod | None, shape: tuple[int, ...]) -> None:
+  """Raises ValueError unless the mods return what they must on a grid of ``shape``
+  [B, N, T, S]: a bool (mask_mod) or float (score_mod) array broadcastable to it."""
+  index = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in grid_index(*shape)]
+  for name, fn, args, want in (
+      ("mask_mod", mask_mod, index, "bool"),
+      ("score_mod", score_mod, [jax.ShapeDtypeStruct(shape, jnp.float32), *index], "float")):
+    if fn is None:
+      continue
+    if not callable(fn):
+      raise ValueError(f"{name} must be callable; got {fn!r}")
+    out = jax.eval_shape(fn, *args)
+    dtype, out_shape = jnp.dtype(out.dtype), tuple(out.shape)
+    ok_dtype = dtype == jnp.bool_ if want == "bool" else jnp.issubdtype(dtype, jnp.floating)
+    try:
+      ok_shape = jnp.broadcast_shapes(out_shape, shape) == shape
+    except ValueError:
+      ok_shape = False
+    if not (ok_dtype and ok_shape):
+      raise ValueError(
+          f"{name} must return a {want} array broadcastable to the grid [B, N, T, S] = {shape}; "
+          f"got {dtype} {out_shape}")
+
