@@ -179,7 +179,7 @@ def dot_product_attention(
         key_value_seq_lengths=args.key_value_seq_lengths,
         local_window_size=args.local_window_size, score_fn=None, score_params=None,
         params_per_head=False, score_mod=score_mod, mask_mod=mask_mod,
-        block_q=chunked.DEFAULT_BLOCK_Q, block_k=chunked.DEFAULT_BLOCK_K)
+        block_q=None, block_k=None)
     out = out.astype(args.query.dtype)
   else:
     combined = _combined_mask(args)

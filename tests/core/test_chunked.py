@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from attn_jax.core import block_mask, scores
+from attn_jax.core import block_mask, mods, scores
 from attn_jax.core.block_mask import EMPTY, FULL, PARTIAL, Layout
-from attn_jax.core.chunked import chunked_attention
+from attn_jax.core.chunked import block_plan, chunked_attention
 
 # ----------------------------------------------------------------------------- references
 
@@ -307,3 +307,17 @@ def test_memory_grows_with_blocks_not_with_the_attention_matrix():
   compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(spec, spec, spec).compile()
   attention_matrix_bytes = 2 * 2048 * 2048 * 4
   assert compiled.memory_analysis().temp_size_in_bytes < attention_matrix_bytes / 3
+
+
+def test_blocks_chosen_for_the_mask_known_at_trace_time():
+  plan = lambda **kw: block_plan(1, 16384, 16384, 4, **kw)
+  assert (plan().block_q, plan(is_causal=True).block_q) == (512, 512)  # dense, causal: large
+  # A 256 window: 512-blocks would compute a band 4x wider than the window, 128-blocks ~1.5x.
+  window = plan(local_window_size=(256, 0))
+  assert (window.block_q, window.block_k, window.fwd_steps) == (128, 128, 3)
+  assert plan(mask_mod=mods.sliding_window(256, 0)).block_q == 128  # the same, as a mod
+  assert plan(local_window_size=(256, 0), block_q=512, block_k=512).block_q == 512  # as asked
+  # Traced lengths do not change the blocks: they are chosen at trace time.
+  lengths = jnp.asarray([100])
+  assert plan(key_value_seq_lengths=lengths).block_q == 512
+
