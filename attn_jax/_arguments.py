@@ -13,6 +13,7 @@ import numpy as np
 from attn_jax.core import mods
 
 Array = jax.Array
+#: The implementations `attn_jax.dot_product_attention` can be asked for by name.
 IMPLEMENTATIONS = ("reference", "xla", "cudnn", "chunked")
 
 

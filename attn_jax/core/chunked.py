@@ -23,15 +23,17 @@ from attn_jax.core.block_mask import EMPTY, FULL, PARTIAL, Layout, Terms
 
 Array = jax.Array
 
+#: Query block size for dense and causal attention (256-1024 measured alike on CPU, L4096-L8192).
 DEFAULT_BLOCK_Q = 512
+#: Key block size for dense and causal attention.
 DEFAULT_BLOCK_K = 512
-# Block sizes tried when the caller leaves them to the kernel (block_q = block_k = None). Dense
-# and causal attention keep 512 (256-1024 measured alike on CPU at L4096-L8192); a mask known at
-# trace time to be sparse (a sliding window, static documents) may take smaller blocks, which
-# waste less of the band's edges: the choice minimises the attended area of the live blocks plus
-# BLOCK_OVERHEAD pairs per visited block (the fixed cost of a loop step, about a 64 x 64 block's
-# work on CPU).
+#: Block sizes tried when the caller leaves them to the kernel (block_q = block_k = None). A mask
+#: known at trace time to be sparse (a sliding window, static documents) may take smaller blocks,
+#: which waste less of a band's edges: the choice minimises the attended area of the live blocks
+#: plus BLOCK_OVERHEAD pairs per visited block.
 AUTO_BLOCKS = (512, 256, 128)
+#: The fixed cost of visiting a block, in attended pairs (a loop step: about a 64 x 64 block's
+#: work on CPU).
 BLOCK_OVERHEAD = 64 * 64
 
 

@@ -26,7 +26,9 @@ import jax.numpy as jnp
 from attn_jax.core import positional
 
 Array = jax.Array
+#: ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (True = may attend).
 MaskMod = Callable[[Array, Array, Array, Array], Array]
+#: ``score_mod(score, b, h, q_idx, kv_idx) -> score``.
 ScoreMod = Callable[[Array, Array, Array, Array, Array], Array]
 
 

@@ -14,10 +14,11 @@ import numpy as np
 
 Array = jax.Array
 
-# The positional-scheme names of the whole toolkit (modules, configs): absolute embeddings added to
-# the token embedding, and schemes applied inside every attention layer.
+#: Absolute positional schemes: embeddings added to the token embedding.
 ABSOLUTE = ("sinusoidal", "learned")
+#: Schemes applied inside every attention layer (rotations, score mods).
 IN_ATTENTION = ("rope", "alibi", "relative")
+#: Every positional-scheme name of the toolkit (modules, configs).
 SCHEMES = ("none", *ABSOLUTE, *IN_ATTENTION)
 
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+#: A single-head score function: ``score_fn(query [T, D], key [S, D], params) -> [T, S]``.
 ScoreFn = Callable[[Array, Array, Any], Array]
 
 
@@ -116,15 +117,16 @@ def _logits_dtype(x: Array):
   return jnp.promote_types(x.dtype, jnp.float32)
 
 
-# The score names of the whole toolkit (the batched API, the modules, configs). "dot" is the scaled
-# dot product everywhere; the plain `dot` function is its unscaled building block.
+#: The score names of the whole toolkit (the batched API, the modules, configs) and their
+#: functions. "dot" is the scaled dot product everywhere; the plain `dot` function is its unscaled
+#: building block.
 SCORES: dict[str, ScoreFn] = {
     "dot": scaled_dot,
     "cosine": cosine,
     "additive": additive,
     "bilinear": bilinear,
 }
-# The scores without weights: the ones `attn_jax.dot_product_attention` takes by name.
+#: The scores without weights: the ones `attn_jax.dot_product_attention` takes by name.
 PARAMETER_FREE = ("dot", "cosine")
 
 
