@@ -30,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   # The copy_memory delay whose trained Transformer is drawn in attention_maps.png.
   config.attention_map_delay = 500
   common.model_sections(config)
-  # The LSTMs have more parameters than the Transformer they are compared with.
+  # The LSTMs have more parameters than the Transformers they are compared with; the LSTM of
+  # LSTM + attention is the LSTM baseline itself.
   config.lstm.hidden_size = 128
   config.lstm_attention.hidden_size = 128
   # Luong's multiplicative score, low rank: [L, L] logits per example, where the additive score
@@ -46,24 +47,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 50
   # Validation (a key stream the reported evaluation never sees) for the curves and the stop.
   config.train.eval_every = 50
-  config.train.stop_accuracy = 1.0
+  config.train.stop_accuracy = 0.998
 
   # Copying memory (Arjovsky et al. 2016) over delays; L = delay + 20.
   config.copy_memory = ml_collections.ConfigDict()
   # Run this task.
   config.copy_memory.enabled = True
   # Delays swept: from one the LSTM solves within the budget to far beyond its reach.
-  config.copy_memory.delays = (10, 20, 50, 100, 200, 500)
+  config.copy_memory.delays = (5, 10, 20, 50, 100, 500)
   # Train on the 10 recall positions only (as MQAR trains its queries only).
   config.copy_memory.recall_weight = 1.0
   # The copy budget, the same for every model at every delay.
   config.copy_memory.train = ml_collections.ConfigDict()
-  config.copy_memory.train.num_steps = 2000
-  config.copy_memory.train.batch_size = 32
+  config.copy_memory.train.num_steps = 1500
+  config.copy_memory.train.batch_size = 16
   config.copy_memory.train.warmup_steps = 50
   # Each model's peak learning rate (from the search in docs/experiments.md).
   config.copy_memory.learning_rates = ml_collections.ConfigDict(
-      {"transformer": 3e-3, "lstm": 3e-3, "lstm_attention": 3e-3})
+      {"transformer": 1e-2, "lstm": 5e-3, "lstm_attention": 1e-2})
   # One block with sinusoidal positions: recall is one lookup at a fixed offset, which
   # sinusoids express linearly.
   config.copy_memory.transformer = ml_collections.ConfigDict()
@@ -92,7 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mqar.train.batch_size = 32
   config.mqar.train.warmup_steps = 50
   config.mqar.learning_rates = ml_collections.ConfigDict(
-      {"transformer": 3e-3, "lstm": 3e-3, "lstm_attention": 3e-3})
+      {"transformer": 2.5e-3, "lstm": 5e-3, "lstm_attention": 5e-3})
   # Two causal blocks with RoPE: a previous-token head, then an induction head (Olsson et al.
   # 2022). The bidirectional encoder stalls here: a head can read both neighbours of a key.
   config.mqar.transformer = ml_collections.ConfigDict()
@@ -119,8 +120,10 @@ def get_config() -> ml_collections.ConfigDict:
   # The learning-rate search (`python -m experiments.lr_search`): the same grid for every model,
   # on seeds the sweep does not report, at the shortest and the longest distance of each group.
   config.lr_search = ml_collections.ConfigDict()
-  config.lr_search.learning_rates = (1e-3, 3e-3, 1e-2)
+  config.lr_search.learning_rates = (2.5e-3, 5e-3, 1e-2)
   config.lr_search.seeds = (100, 101)
+  # The shortest copy delay (where the LSTM can learn) and a long one; not 500, the dearest
+  # runs, at which the LSTMs sit at chance for every rate (docs/experiments.md).
   config.lr_search.distances = ml_collections.ConfigDict(
-      {"copy_memory": (10, 500), "mqar": (32, 128)})
+      {"copy_memory": (5, 100), "mqar": (32, 128)})
   return config

@@ -1,11 +1,16 @@
-"""The headline sweep at paper size, for one GPU.
+"""The headline sweep at paper size, for one GPU, under the protocol of configs/long_range.py.
 
+python -m experiments.lr_search --config=configs/long_range_gpu.py --workdir=runs/lr_gpu
 python -m experiments.sweep --config=configs/long_range_gpu.py --workdir=runs/long_range_gpu
 
 Copying memory at the delays of Arjovsky et al. 2016 and beyond (Bai et al. 2018 report T = 1000),
-MQAR at Zoology's Figure 2 sizes (V = 8192, pairs growing with length), three seeds per setting
-trained as one vmapped program, wider models and longer training than the CPU default.
-Not run as part of this repository's results (no GPU was available); every field validates.
+MQAR at Zoology's Figure 2 sizes (V = 8192, pairs growing with length, random non-query tokens),
+wider models and longer training than the CPU default. The protocol is the CPU sweep's: three
+seeds per setting trained as one vmapped program, the same budget for every model at every
+distance of a task, the same early stop, and each model's learning rate from the same search
+(`lr_search` below). Not run for this repository's results (no GPU was available): the
+``learning_rates`` here are the CPU search's choices, to be replaced by the output of the
+`lr_search` command above before the sweep is reported.
 """
 
 import ml_collections
@@ -24,15 +29,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.lstm.hidden_size = 256
   config.lstm_attention.hidden_size = 256
   config.lstm_attention.attention_hidden = 64
-  # The chunked kernel never holds [B, L, L, attention_hidden] (64 GiB at L = 2020).
-  config.lstm_attention.attention_implementation = "chunked"
-  config.train.num_steps = 3000
-  config.train.batch_size = 64
-  config.train.learning_rate = 3e-3
-  config.train.warmup_steps = 100
   config.train.log_every = 100
+  config.train.eval_every = 100
 
-  config.copy_memory.delays = (100, 200, 500, 1000, 2000)
+  config.copy_memory.delays = (10, 20, 50, 100, 200, 500, 1000, 2000)
+  config.copy_memory.train.num_steps = 10000
+  config.copy_memory.train.batch_size = 64
+  config.copy_memory.train.warmup_steps = 200
   config.copy_memory.transformer.d_model = 64
   config.copy_memory.transformer.num_heads = 4
   config.copy_memory.transformer.d_ff = 256
@@ -41,9 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.mqar.seq_lens = (64, 128, 256, 512)
   config.mqar.num_pairs = (4, 8, 16, 64)
   config.mqar.vocab_size = 8192
+  config.mqar.distractors = True
   config.mqar.train.num_steps = 10000
   config.mqar.train.batch_size = 64
-  config.mqar.train.learning_rate = 1e-3
   config.mqar.train.warmup_steps = 500
   config.mqar.transformer.d_model = 128
   config.mqar.transformer.num_heads = 4
@@ -53,4 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.control.train = ml_collections.ConfigDict(config.mqar.train.to_dict())
   config.control.train.num_steps = 3000
   config.control.transformer = ml_collections.ConfigDict(config.mqar.transformer.to_dict())
+
+  # The same search as on CPU, at this config's shortest and longest distances.
+  config.lr_search.distances = ml_collections.ConfigDict(
+      {"copy_memory": (10, 2000), "mqar": (64, 512)})
   return config

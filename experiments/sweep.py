@@ -25,6 +25,8 @@ from experiments.plan import PlannedRun, plan
 FLAGS = flags.FLAGS
 # Rough relative cost per sequence and position^2, to start the longest runs first.
 _MODEL_COST = {"transformer": 1.0, "lstm": 0.5, "lstm_attention": 1.5}
+# Steps between the progress lines a long run prints.
+_PROGRESS_EVERY = 500
 
 
 def _define_flags() -> None:
@@ -59,9 +61,16 @@ def run_one(run: PlannedRun, attention_path: str | None = None) -> list[dict]:
   task = run.settings.task()
   program = run.settings.program(task)
   curves = {"train": [], "valid": []}
+
+  def on_eval(step, metrics):
+    curves["valid"].append((step, metrics))
+    if step % _PROGRESS_EVERY == 0:  # a sign of life from long runs
+      accs = " ".join(f"{a:.3f}" for a in np.atleast_1d(metrics["accuracy"]))
+      print(f"  {run.name}: step {step}, validation accuracy {accs}", flush=True)
+
   result = train_seeds(program, run.seeds,
                        on_log=lambda step, m: curves["train"].append((step, m)),
-                       on_eval=lambda step, m: curves["valid"].append((step, m)))
+                       on_eval=on_eval)
   if attention_path is not None:
     np.savez_compressed(attention_path,
                         **_attention_example(program, jax.tree.map(lambda x: x[0], result.state)))

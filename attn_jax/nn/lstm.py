@@ -13,13 +13,14 @@ Written for speed on long sequences:
 """
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from attn_jax.attention import attention_weights
+from attn_jax.attention import attention_weights, dot_product_attention
 from attn_jax.core import batched, scores
 
 Array = jax.Array
@@ -31,15 +32,17 @@ def _gates(z_BG: Array, hidden: int):
           jnp.tanh(z_BG[:, 2 * hidden:3 * hidden]), jax.nn.sigmoid(z_BG[:, 3 * hidden:]))
 
 
-def _recurrence(gates_in_LBG: Array, recurrent_HG: Array, save: bool):
-  """The forward loop; with ``save`` also the residuals of the backward pass."""
+def _recurrence(gates_in_LBG: Array, recurrent_HG: Array, h0_BH: Array, c0_BH: Array,
+                save: bool):
+  """The forward loop from (h0, c0); with ``save`` also the residuals of the backward pass."""
   seq_len, batch, four_h = gates_in_LBG.shape
   hidden = four_h // 4
   dtype = gates_in_LBG.dtype
   w_HG = recurrent_HG.astype(dtype)  # the buffers hold one dtype: the inputs'
+  h0_BH, c0_BH = h0_BH.astype(dtype), c0_BH.astype(dtype)
   if seq_len == 0:
     empty_LBH = jnp.zeros((0, batch, hidden), dtype)
-    return empty_LBH, (empty_LBH, empty_LBH, gates_in_LBG, recurrent_HG)
+    return empty_LBH, (empty_LBH, empty_LBH, gates_in_LBG, recurrent_HG, h0_BH)
 
   def step(t, carry):
     h_BH, c_BH, buf_LBG, h_LBH, c_prev_LBH = carry
@@ -51,36 +54,47 @@ def _recurrence(gates_in_LBG: Array, recurrent_HG: Array, save: bool):
     h_BH = o * jnp.tanh(c_BH)
     return h_BH, c_BH, buf_LBG, lax.dynamic_update_index_in_dim(h_LBH, h_BH, t, 0), c_prev_LBH
 
-  zeros_BH = jnp.zeros((batch, hidden), dtype)
   zeros_LBH = jnp.zeros((seq_len, batch, hidden), dtype)
   # fori_loop with explicit buffers rather than scan's stacked outputs: XLA updates them in place,
   # where scan would allocate (and zero) fresh [L, B, 4H] buffers.
   _, _, acts_LBG, h_LBH, c_prev_LBH = lax.fori_loop(
-      0, seq_len, step, (zeros_BH, zeros_BH, gates_in_LBG, zeros_LBH,
-                         zeros_LBH if save else None))
-  return h_LBH, (h_LBH, c_prev_LBH, acts_LBG, recurrent_HG)
+      0, seq_len, step, (h0_BH, c0_BH, gates_in_LBG, zeros_LBH, zeros_LBH if save else None))
+  return h_LBH, (h_LBH, c_prev_LBH, acts_LBG, recurrent_HG, h0_BH)
 
 
 @jax.custom_vjp
-def lstm_recurrence(gates_in_LBG: Array, recurrent_HG: Array) -> Array:
-  """The LSTM recurrence from a zero state, given every step's input contribution.
+def _lstm_recurrence(gates_in_LBG, recurrent_HG, h0_BH, c0_BH):
+  return _recurrence(gates_in_LBG, recurrent_HG, h0_BH, c0_BH, save=False)[0]
+
+
+def lstm_recurrence(gates_in_LBG: Array, recurrent_HG: Array,
+                    initial_state: tuple[Array, Array] | None = None) -> Array:
+  """The LSTM recurrence, given every step's input contribution.
 
   gates_in: [L, B, 4H] (x_t W_in + b, gates ordered input, forget, cell, output);
-  recurrent: [H, 4H]. Returns the hidden states [L, B, H]. Equal to a `lax.scan` of the cell;
-  its VJP is hand-written (forward-mode differentiation is not supported).
+  recurrent: [H, 4H]; initial_state: (h0, c0), each [B, H] (None: zeros). Returns the hidden
+  states [L, B, H]. Equal to a `lax.scan` of the cell; its VJP is hand-written (forward-mode
+  differentiation is not supported).
   """
-  return _recurrence(gates_in_LBG, recurrent_HG, save=False)[0]
+  if initial_state is None:
+    zeros_BH = jnp.zeros(gates_in_LBG.shape[1:2] + (recurrent_HG.shape[0],), gates_in_LBG.dtype)
+    initial_state = (zeros_BH, zeros_BH)
+  return _lstm_recurrence(gates_in_LBG, recurrent_HG, *initial_state)
 
 
-def _recurrence_fwd(gates_in_LBG, recurrent_HG):
-  return _recurrence(gates_in_LBG, recurrent_HG, save=True)
+def _recurrence_fwd(gates_in_LBG, recurrent_HG, h0_BH, c0_BH):
+  out, residuals = _recurrence(gates_in_LBG, recurrent_HG, h0_BH, c0_BH, save=True)
+  # Empty arrays carry the initial state's own dtypes, for its cotangents.
+  return out, (residuals, jnp.zeros((0,), h0_BH.dtype), jnp.zeros((0,), c0_BH.dtype))
 
 
-def _recurrence_bwd(residuals, dh_LBH):
-  h_LBH, c_prev_LBH, acts_LBG, recurrent_HG = residuals
+def _recurrence_bwd(saved, dh_LBH):
+  (h_LBH, c_prev_LBH, acts_LBG, recurrent_HG, h0_BH), h0_like, c0_like = saved
+  h0_dtype, c0_dtype = h0_like.dtype, c0_like.dtype
   seq_len, batch, hidden = h_LBH.shape
   if seq_len == 0:
-    return jnp.zeros_like(acts_LBG), jnp.zeros_like(recurrent_HG)
+    return (jnp.zeros_like(acts_LBG), jnp.zeros_like(recurrent_HG),
+            jnp.zeros(h0_BH.shape, h0_dtype), jnp.zeros(h0_BH.shape, c0_dtype))
   dh_LBH = dh_LBH.astype(h_LBH.dtype)
   w_HG = recurrent_HG.astype(h_LBH.dtype)
 
@@ -104,17 +118,19 @@ def _recurrence_bwd(residuals, dh_LBH):
     return dz_BG @ w_HG.T, dc_BH * f, dz_BG, buf_LBG
 
   zeros_BH = jnp.zeros((batch, hidden), h_LBH.dtype)
-  # The gate gradients overwrite the saved activations slot by slot (last step first).
-  _, _, dz_first_BG, buf_LBG = lax.fori_loop(
+  # The gate gradients overwrite the saved activations slot by slot (last step first). After
+  # step 0 the carry holds the gradients of the initial state: dh0 = dz_0 W^T, dc0 = dc_0 f_0.
+  dh0_BH, dc0_BH, dz_first_BG, buf_LBG = lax.fori_loop(
       0, seq_len, step, (zeros_BH, zeros_BH, acts_LBG[seq_len - 1], acts_LBG))
   dz_LBG = lax.dynamic_update_index_in_dim(buf_LBG, dz_first_BG, 0, 0)
-  h_prev_LBH = jnp.concatenate([jnp.zeros_like(h_LBH[:1]), h_LBH[:-1]], axis=0)
+  h_prev_LBH = jnp.concatenate([h0_BH[None], h_LBH[:-1]], axis=0)
   # One [L * B]-deep matmul for the recurrent kernel: sum_t h_{t-1}^T dz_t -> [H, 4H].
   d_recurrent_HG = jnp.einsum("lbh,lbg->hg", h_prev_LBH, dz_LBG)
-  return dz_LBG, d_recurrent_HG.astype(recurrent_HG.dtype)
+  return (dz_LBG, d_recurrent_HG.astype(recurrent_HG.dtype), dh0_BH.astype(h0_dtype),
+          dc0_BH.astype(c0_dtype))
 
 
-lstm_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+_lstm_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
 class LSTMLayer(nnx.Module):
@@ -140,11 +156,12 @@ class LSTMLayer(nnx.Module):
     gates = jnp.reshape(x_LBD, (seq_len * batch, in_features)) @ self.input_kernel[...]
     return jnp.reshape(gates + self.bias[...], (seq_len, batch, 4 * self.hidden_size))
 
-  def __call__(self, x: Array, *, time_major: bool = False) -> Array:
+  def __call__(self, x: Array, *, time_major: bool = False,
+               initial_state: tuple[Array, Array] | None = None) -> Array:
     """x: [B, L, in_features] (or [L, B, in_features]) -> hidden states [B, L, H] (or [L, B, H]),
-    from a zero initial state."""
+    from ``initial_state`` (h0, c0), each [B, H] (None: zeros)."""
     x_LBD = x if time_major else jnp.swapaxes(x, 0, 1)
-    h_LBH = lstm_recurrence(self.input_gates(x_LBD), self.recurrent_kernel[...])
+    h_LBH = lstm_recurrence(self.input_gates(x_LBD), self.recurrent_kernel[...], initial_state)
     return h_LBH if time_major else jnp.swapaxes(h_LBH, 0, 1)
 
 
@@ -172,8 +189,17 @@ class LSTMBaseline(nnx.Module):
         for i in range(num_layers)])
     self.classifier = nnx.Linear(hidden_size, vocab_size, rngs=rngs)
 
-  def hidden_states(self, tokens: Array) -> Array:
-    """tokens: int [B, L] -> the last layer's hidden states, time-major [L, B, H]."""
+  def hidden_states(self, tokens: Array,
+                    initial_states: Sequence[tuple[Array, Array]] | None = None) -> Array:
+    """tokens: int [B, L] -> the last layer's hidden states, time-major [L, B, H].
+
+    initial_states: one (h0, c0) per layer, each [B, H] (None: every layer starts at zeros).
+    """
+    if initial_states is None:
+      initial_states = [None] * len(self.layers)
+    if len(initial_states) != len(self.layers):
+      raise ValueError(f"initial_states needs one (h0, c0) per layer ({len(self.layers)}); got "
+                       f"{len(initial_states)}")
     if tokens.ndim != 2:
       raise ValueError(f"tokens must be [B, L]; got {tokens.shape}")
     first = self.layers[0]
@@ -185,15 +211,16 @@ class LSTMBaseline(nnx.Module):
       gates_LBG = jnp.take(table_VG, tokens.T, axis=0)  # [L, B, 4H]
     else:
       gates_LBG = first.input_gates(jnp.swapaxes(self.embed(tokens), 0, 1))
-    x_LBH = lstm_recurrence(gates_LBG, first.recurrent_kernel[...])
-    for layer in self.layers[1:]:
-      x_LBH = layer(x_LBH, time_major=True)
+    x_LBH = lstm_recurrence(gates_LBG, first.recurrent_kernel[...], initial_states[0])
+    for layer, state in zip(self.layers[1:], initial_states[1:], strict=True):
+      x_LBH = layer(x_LBH, time_major=True, initial_state=state)
     return x_LBH
 
-  def __call__(self, tokens: Array) -> Array:
-    """tokens: int [B, L] -> logits [B, L, vocab_size]."""
+  def __call__(self, tokens: Array,
+               initial_states: Sequence[tuple[Array, Array]] | None = None) -> Array:
+    """tokens: int [B, L] -> logits [B, L, vocab_size]; initial_states as in `hidden_states`."""
     # Classify time-major and transpose the [L, B, V] logits: V is the narrowest axis in sight.
-    return jnp.swapaxes(self.classifier(self.hidden_states(tokens)), 0, 1)
+    return jnp.swapaxes(self.classifier(self.hidden_states(tokens, initial_states)), 0, 1)
 
 
 class LSTMWithAttention(nnx.Module):
@@ -206,13 +233,15 @@ class LSTMWithAttention(nnx.Module):
 
   Args:
     attention_hidden: width of the score (default hidden_size).
-    score: "additive" (Bahdanau's v . tanh(W_q h_t + W_k h_j)) or "dot" (Luong's multiplicative
-      score in low-rank form, (W_q h_t) . (W_k h_j) / sqrt(attention_hidden)): the dot score
-      holds [L, L] logits per example where the additive one holds [L, L, attention_hidden], so
-      it is several times cheaper on long sequences.
-    attention_implementation: for the additive score, "reference" (the vmapped single-head path;
-      holds [L, L, attention_hidden] per example) or "chunked" (the memory-efficient kernel);
-      the dot score always forms its [L, L] weights with `attn_jax.attention_weights`.
+    score: "additive" (Bahdanau's v . tanh(W_q h_t + W_k h_j), over the states themselves) or
+      "dot": one scaled dot-product head of width A = attention_hidden over the states (query
+      W_q h_t, key W_k h_j, value W_v h_j, all [H, A]; Luong's multiplicative score in low-rank
+      form), whose context has width A. The dot head holds [L, L] logits per example where the
+      additive score holds [L, L, A] and mixes [L, L] x [L, H]: several times cheaper on long
+      sequences.
+    attention_implementation: "reference" (additive: the vmapped single-head path, holding
+      [L, L, A] per example; dot: `attn_jax.dot_product_attention`'s default) or "chunked" (the
+      memory-efficient kernel, for either score).
   """
 
   def __init__(self, *, vocab_size: int, hidden_size: int, num_layers: int = 1,
@@ -231,8 +260,11 @@ class LSTMWithAttention(nnx.Module):
               "w_key": init(rngs.params(), (hidden_size, hidden))}
     if score == "additive":
       params["v"] = nnx.initializers.normal(hidden**-0.5)(rngs.params(), (hidden,))
+    else:
+      params["w_value"] = init(rngs.params(), (hidden_size, hidden))
     self.score_params = nnx.Param(params)
-    self.attentional = nnx.Linear(2 * hidden_size, hidden_size, rngs=rngs)
+    context_size = hidden_size if score == "additive" else hidden
+    self.attentional = nnx.Linear(hidden_size + context_size, hidden_size, rngs=rngs)
     self.attention_implementation = attention_implementation
     self.score = score
 
@@ -260,14 +292,14 @@ class LSTMWithAttention(nnx.Module):
     return (logits, weights[:, 0]) if return_weights else logits
 
   def _dot_attention(self, x_BLH: Array, params, return_weights: bool):
-    """The dot score: -> context [B, L, 1, H] and weights [B, 1, L, L]."""
-    del return_weights  # the weights are formed either way: [B, L, L] is the small tensor here
-    # One head: [B, L, H] x [H, A] -> [B, L, 1, A]; the values are the states themselves (width
-    # H, not A, which is why this is not a `dot_product_attention` call).
-    query_BL1A = (x_BLH @ params["w_query"])[:, :, None, :]
-    key_BL1A = (x_BLH @ params["w_key"])[:, :, None, :]
-    weights_B1LL = attention_weights(query_BL1A, key_BL1A, is_causal=True,
-                                     scale=query_BL1A.shape[-1] ** -0.5)
-    # [B, 1, L, L] x [B, L, H] -> [B, L, 1, H]
-    context_BL1H = jnp.einsum("bnts,bsh->btnh", weights_B1LL, x_BLH)
-    return context_BL1H, weights_B1LL
+    """The dot head: -> context [B, L, 1, A] (and weights [B, 1, L, L] if asked)."""
+    # One head of width A: [B, L, H] x [H, A] -> [B, L, 1, A] for queries, keys and values.
+    query_BL1A, key_BL1A, value_BL1A = (
+        (x_BLH @ params[name])[:, :, None, :] for name in ("w_query", "w_key", "w_value"))
+    if return_weights:
+      weights_B1LL = attention_weights(query_BL1A, key_BL1A, is_causal=True)
+      # [B, 1, L, L] x [B, L, 1, A] -> [B, L, 1, A]
+      return jnp.einsum("bnts,bsna->btna", weights_B1LL, value_BL1A), weights_B1LL
+    implementation = "chunked" if self.attention_implementation == "chunked" else None
+    return dot_product_attention(query_BL1A, key_BL1A, value_BL1A, is_causal=True,
+                                 implementation=implementation), None

@@ -6,10 +6,11 @@ import shutil
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from configs import copy_memory, long_range
-from experiments import reporting, sweep
+from experiments import lr_search, reporting, sweep
 from experiments import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -196,3 +197,21 @@ def test_smoke_run_with_only_num_steps_overridden(tmp_path, config_file, num_ste
   assert "warmup clamped" in result.stderr
   with open(tmp_path / "result.json") as f:
     assert json.load(f)["steps"] == num_steps
+
+
+def test_lr_search_tries_every_rate_for_every_model_and_picks_one(tmp_path):
+  config = _tiny_sweep_config()
+  config.models = ("transformer", "lstm")
+  config.lr_search.learning_rates = (1e-3, 1e-2)
+  config.lr_search.seeds = (5, 6)
+  config.lr_search.distances = ml_collections.ConfigDict({"copy_memory": (5,)})
+  results = lr_search.lr_search(config, str(tmp_path))
+  runs = results["runs"]
+  assert {(r["model"], r["learning_rate"], r["seed"]) for r in runs} == {
+      (m, lr, s) for m in ("transformer", "lstm") for lr in (1e-3, 1e-2) for s in (5, 6)}
+  assert set(results["chosen"]["copy_memory"]) == {"transformer", "lstm"}
+  assert all(v in (1e-3, 1e-2) for v in results["chosen"]["copy_memory"].values())
+  with open(tmp_path / "lr_search.md") as f:
+    table = f.read()
+  assert table.count("| transformer |") == table.count("| lstm |") == 2
+  assert "**yes**" in table

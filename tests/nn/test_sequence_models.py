@@ -179,3 +179,63 @@ def test_lstm_folded_embedding_equals_lookup_then_projection():
   grad = lambda m: nnx.grad(lambda m: jnp.sum(m(tokens) ** 2))(m)
   for a, b in zip(jax.tree.leaves(grad(folded)), jax.tree.leaves(grad(plain)), strict=True):
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_lstm_recurrence_from_an_initial_state_matches_scan_autodiff():
+  """A nonzero (h0, c0): values and all four gradients equal autodiff through lax.scan."""
+  from attn_jax.nn.lstm import lstm_recurrence
+
+  hidden, batch = 4, 3
+  keys = jax.random.split(jax.random.key(7), 5)
+  gates_in = jax.random.normal(keys[0], (5, batch, 4 * hidden))
+  recurrent = 0.5 * jax.random.normal(keys[1], (hidden, 4 * hidden))
+  h0, c0 = (jax.random.normal(k, (batch, hidden)) for k in keys[2:4])
+
+  def scan_reference(gates_in, recurrent, h0, c0):
+    def step(carry, g):
+      h, c = carry
+      i, f, gg, o = jnp.split(g + h @ recurrent, 4, axis=-1)
+      c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(gg)
+      h = jax.nn.sigmoid(o) * jnp.tanh(c)
+      return (h, c), h
+    return jax.lax.scan(step, (h0, c0), gates_in)[1]
+
+  ours_fn = lambda g, r, h, c: lstm_recurrence(g, r, (h, c))
+  args = (gates_in, recurrent, h0, c0)
+  np.testing.assert_allclose(ours_fn(*args), scan_reference(*args), atol=1e-6)
+  cotangent = jax.random.normal(keys[4], (5, batch, hidden))
+  loss = lambda f: lambda *a: jnp.sum(f(*a) * cotangent)
+  ours = jax.grad(loss(ours_fn), (0, 1, 2, 3))(*args)
+  ref = jax.grad(loss(scan_reference), (0, 1, 2, 3))(*args)
+  for a, b in zip(ours, ref, strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  # An explicit zero state is the default state.
+  zeros = jnp.zeros((batch, hidden))
+  np.testing.assert_array_equal(lstm_recurrence(gates_in, recurrent, (zeros, zeros)),
+                                lstm_recurrence(gates_in, recurrent))
+
+
+def test_lstm_baseline_takes_one_initial_state_per_layer():
+  model = LSTMBaseline(vocab_size=VOCAB, hidden_size=8, num_layers=2, rngs=nnx.Rngs(0))
+  tokens = _tokens()
+  zeros = jnp.zeros((tokens.shape[0], 8))
+  np.testing.assert_array_equal(model(tokens, [(zeros, zeros)] * 2), model(tokens))
+  assert not np.allclose(model(tokens, [(zeros + 1, zeros), (zeros, zeros)]), model(tokens))
+  with pytest.raises(ValueError, match="one"):
+    model(tokens, [(zeros, zeros)])
+
+
+def test_lstm_with_dot_attention_is_causal_and_matches_its_weights():
+  model = LSTMWithAttention(vocab_size=VOCAB, hidden_size=8, attention_hidden=4, score="dot",
+                            rngs=nnx.Rngs(0))
+  tokens = _tokens()
+  logits, weights = model(tokens, return_weights=True)
+  assert logits.shape == (2, LEN, VOCAB) and weights.shape == (2, LEN, LEN)
+  np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+  assert np.all(np.triu(np.asarray(weights[0]), k=1) == 0.0)
+  np.testing.assert_allclose(model(tokens), logits, atol=1e-5)  # fused path == weights path
+  # Causal: changing every token after position t changes no logit at or before t.
+  t = LEN // 2
+  changed = tokens.at[:, t + 1:].set((tokens[:, t + 1:] + 1) % VOCAB)
+  np.testing.assert_allclose(model(changed)[:, :t + 1], logits[:, :t + 1], atol=1e-6)
+  assert not np.allclose(model(changed)[:, t + 1:], logits[:, t + 1:])
