@@ -10,7 +10,7 @@ import ml_collections
 import pytest
 
 from configs import copy_memory, long_range
-from experiments import lr_search, reporting, sweep
+from experiments import headline, lr_search, reporting, sweep
 from experiments import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -120,6 +120,8 @@ def test_sweep_writes_results_in_the_contract_schema(tmp_path):
     table = f.read()
   assert table.count("| transformer |") == table.count("| lstm |") == 3
   assert "memoryless loss" in table and "value set 0.500" in table and "/2 |" in table
+  summary = headline.headline(on_disk)
+  assert "copying memory, delay 5" in summary and "MQAR, length 16" in summary
   # Rerun on the same workdir: every run is kept, nothing retrains, same results.
   again = sweep.sweep(config, str(tmp_path))
   assert again["runs"] == results["runs"] and again["runs_trained"] == 0

@@ -14,6 +14,7 @@ from attn_jax.training import (
     train,
     train_seeds,
 )
+from attn_jax.training.program import EVAL_STREAM, VALID_STREAM
 
 
 def _program(num_steps=4, **train_kw):
@@ -74,3 +75,32 @@ def test_killed_run_resumes_to_the_same_end(tmp_path):
   assert logs_resumed == logs_straight[3:]  # steps 4..6, bit for bit
   assert resumed.eval_metrics == straight.eval_metrics
   np.testing.assert_array_equal(resumed.state.params, straight.state.params)
+
+
+def test_early_stop_once_every_seed_is_solved_and_resume_stays_stopped(tmp_path):
+  """stop_accuracy ends training at the first validation check every seed meets; a resumed
+  run that had stopped trains no further, and the reported metrics come from the eval stream."""
+  # A threshold of 1e-6 is met at the first check (step 2), whatever the model has learnt.
+  program = _program(num_steps=8, eval_every=2, stop_accuracy=1e-6, checkpoint_every=4)
+  logs = []
+  result = train(program, 0, checkpointer=Checkpointer(str(tmp_path)),
+                 on_log=lambda step, m: logs.append(step))
+  assert result.steps == 2 and logs[-1] == 2
+  assert result.compile_s > 0 and result.train_s > 0
+  again = train(program, 0, checkpointer=Checkpointer(str(tmp_path)))
+  assert again.start_step == 2 and again.steps == 2
+  assert again.eval_metrics == result.eval_metrics
+  together = train_seeds(program, [0, 1])
+  assert together.steps == 2
+  # Validation and evaluation are different batches.
+  state = jax.jit(program.init)(0)
+  eval_batch = program.eval_batch(state.seed_key, 0, EVAL_STREAM)
+  valid_batch = program.eval_batch(state.seed_key, 0, VALID_STREAM)
+  assert not np.array_equal(eval_batch.inputs, valid_batch.inputs)
+
+
+def test_no_stop_without_a_threshold():
+  program = _program(num_steps=4, eval_every=1)
+  evals = []
+  result = train(program, 0, on_eval=lambda step, m: evals.append(step))
+  assert result.steps == 4 and evals == [1, 2, 3, 4]
