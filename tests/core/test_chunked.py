@@ -312,10 +312,10 @@ def test_memory_grows_with_blocks_not_with_the_attention_matrix():
 def test_blocks_chosen_for_the_mask_known_at_trace_time():
   plan = lambda **kw: block_plan(1, 16384, 16384, 4, **kw)
   assert (plan().block_q, plan(is_causal=True).block_q) == (512, 512)  # dense, causal: large
-  # A 256 window: 512-blocks would compute a band 4x wider than the window, 128-blocks ~1.5x.
+  # A 256 window: 512-blocks would compute a band 4x wider than the window, 64-blocks 1.25x.
   window = plan(local_window_size=(256, 0))
-  assert (window.block_q, window.block_k, window.fwd_steps) == (128, 128, 3)
-  assert plan(mask_mod=mods.sliding_window(256, 0)).block_q == 128  # the same, as a mod
+  assert (window.block_q, window.block_k, window.fwd_steps) == (64, 64, 5)
+  assert plan(mask_mod=mods.sliding_window(256, 0)).block_q == 64  # the same, as a mod
   assert plan(local_window_size=(256, 0), block_q=512, block_k=512).block_q == 512  # as asked
   # Traced lengths do not change the blocks: they are chosen at trace time.
   lengths = jnp.asarray([100])
