@@ -206,16 +206,22 @@ def rss_case(spec: str) -> None:
   spec = json.loads(spec)
   shape = Shape(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["shape"].items()})
   inputs = make_inputs(shape)
-  on_accelerator = jax.default_backend() != "cpu"
   attention = implementations(on_gpu=jax.default_backend() == "gpu")[spec["impl"]]
   compiled, _, _ = compile_case(attention, shape, spec["mode"], inputs)
   jax.block_until_ready(inputs)
-  if on_accelerator:
-    jax.block_until_ready(compiled(*inputs))
+  print(json.dumps(peak_memory(lambda: compiled(*inputs))))
+
+
+def peak_memory(run_once) -> dict:
+  """Runs ``run_once()`` (compiled already) and returns its peak memory: the resident set's
+  high-water mark on CPU, reset first so the compiler's own memory does not count (Linux >= 4.0:
+  writing 5 to /proc/self/clear_refs; else the whole process's ru_maxrss), or the device's
+  ``peak_bytes_in_use`` on an accelerator (inputs included)."""
+  if jax.default_backend() != "cpu":
+    jax.block_until_ready(run_once())
     stats = jax.devices()[0].memory_stats() or {}
-    print(json.dumps({"peak_device_mib": stats.get("peak_bytes_in_use", float("nan")) / 2**20,
-                      "rss_method": "device memory_stats peak_bytes_in_use"}))
-    return
+    return {"peak_device_mib": stats.get("peak_bytes_in_use", float("nan")) / 2**20,
+            "rss_method": "device memory_stats peak_bytes_in_use"}
   try:
     with open("/proc/self/clear_refs", "w") as clear_refs:
       clear_refs.write("5")
@@ -223,11 +229,18 @@ def rss_case(spec: str) -> None:
   except OSError:
     method = "ru_maxrss"
   before_kib = _status_kib("VmRSS")
-  jax.block_until_ready(compiled(*inputs))
+  jax.block_until_ready(run_once())
   peak_kib = (_status_kib("VmHWM") if method == "VmHWM after reset"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
-  print(json.dumps({"peak_rss_mib": peak_kib / 1024, "rss_growth_mib": (peak_kib - before_kib)
-                    / 1024, "rss_method": method}))
+  return {"peak_rss_mib": peak_kib / 1024, "rss_growth_mib": (peak_kib - before_kib) / 1024,
+          "rss_method": method}
+
+
+def write_json(path: str, report: dict) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w") as out:
+    json.dump(report, out, indent=1)
+  print(f"wrote {path}")
 
 
 def _status_kib(field: str) -> int:
@@ -361,10 +374,7 @@ def main(argv=None) -> None:
       "results": rows,
   }
   if args.out:
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as out:
-      json.dump(report, out, indent=1)
-    print(f"wrote {args.out}")
+    write_json(args.out, report)
 
 
 if __name__ == "__main__":

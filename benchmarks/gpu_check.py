@@ -18,7 +18,6 @@ without a GPU: a check of the script itself, not of the GPU.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -74,10 +73,8 @@ def main(argv=None) -> None:
                          for row in attention.run_shape(shape, chosen, ["fwd_bwd"], bench)]
   report["mods"] = mods.run(mods.GPU_CASES if on_gpu else mods.QUICK_CASES, bench)
   report["total_s"] = round(time.perf_counter() - started, 1)
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out, "w") as out:
-    json.dump(report, out, indent=1)
-  print(f"wrote {args.out} ({report['total_s']} s)")
+  attention.write_json(args.out, report)
+  print(f"total {report['total_s']} s")
   if report.get("tests", {}).get("returncode", 0) != 0:
     raise SystemExit("some GPU tests failed (see the JSON's tests.tail)")
 

@@ -148,22 +148,12 @@ def measure_memory(case: Case, variant: str) -> dict:
 
 
 def memory_case(spec: str) -> None:
-  """Child of `measure_memory`: compile, reset the high-water mark, run once, print the peak."""
+  """Child of `measure_memory`: compile, run once, print the peak (`attention.peak_memory`)."""
   spec = json.loads(spec)
   case = Case(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["case"].items()})
   compiled, args, _, _ = _compile(case, spec["variant"])
   jax.block_until_ready(args)
-  if jax.default_backend() != "cpu":
-    jax.block_until_ready(compiled(*args))
-    stats = jax.devices()[0].memory_stats() or {}
-    print(json.dumps({"peak_device_mib": stats.get("peak_bytes_in_use", float("nan")) / 2**20}))
-    return
-  with open("/proc/self/clear_refs", "w") as clear_refs:
-    clear_refs.write("5")
-  before = attention._status_kib("VmRSS")
-  jax.block_until_ready(compiled(*args))
-  peak = attention._status_kib("VmHWM")
-  print(json.dumps({"peak_rss_mib": peak / 1024, "rss_growth_mib": (peak - before) / 1024}))
+  print(json.dumps(attention.peak_memory(lambda: compiled(*args))))
 
 
 def run_case(case: Case, bench) -> list[dict]:
@@ -221,10 +211,7 @@ def main(argv=None) -> None:
                               "chunked): > 1 where the mod is faster, < 1 where it costs time",
             "results": rows}
   if args.out:
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as out:
-      json.dump(report, out, indent=1)
-    print(f"wrote {args.out}")
+    attention.write_json(args.out, report)
 
 
 if __name__ == "__main__":
