@@ -62,9 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.copy_memory.train.num_steps = 1500
   config.copy_memory.train.batch_size = 16
   config.copy_memory.train.warmup_steps = 50
-  # Each model's peak learning rate (from the search in docs/experiments.md).
+  # Each model's peak learning rate: the choice of `python -m experiments.lr_search` (grid and
+  # results in docs/experiments.md).
   config.copy_memory.learning_rates = ml_collections.ConfigDict(
-      {"transformer": 1e-2, "lstm": 5e-3, "lstm_attention": 1e-2})
+      {"transformer": 1e-2, "lstm": 5e-3, "lstm_attention": 5e-3})
   # One block with sinusoidal positions: recall is one lookup at a fixed offset, which
   # sinusoids express linearly.
   config.copy_memory.transformer = ml_collections.ConfigDict()
@@ -93,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.mqar.train.batch_size = 32
   config.mqar.train.warmup_steps = 50
   config.mqar.learning_rates = ml_collections.ConfigDict(
-      {"transformer": 2.5e-3, "lstm": 5e-3, "lstm_attention": 5e-3})
+      {"transformer": 2.5e-3, "lstm": 2.5e-3, "lstm_attention": 1e-2})
   # Two causal blocks with RoPE: a previous-token head, then an induction head (Olsson et al.
   # 2022). The bidirectional encoder stalls here: a head can read both neighbours of a key.
   config.mqar.transformer = ml_collections.ConfigDict()
