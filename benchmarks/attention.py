@@ -166,9 +166,12 @@ def compile_case(attention, shape: Shape, mode: str, inputs):
   return compiled, seconds, temp_mib
 
 
-def time_interleaved(compiled: dict, inputs, min_runs: int, budget_s: float) -> dict:
+def time_interleaved(compiled: dict, inputs, min_runs: int, budget_s: float,
+                     min_time_s: float = 10.0, max_runs: int = 50) -> dict:
   """name -> (wall seconds, process CPU seconds) per run; rounds over all programs until
-  min_runs or the time budget. CPU time (all threads) is steadier than wall time under load."""
+  min_runs, and on while the rounds took less than min_time_s in all (up to max_runs: cheap
+  programs get many samples), but never past the time budget. CPU time (all threads) is steadier
+  than wall time under load."""
   for fn in compiled.values():  # warm-up: first-run allocations, thread pools
     jax.block_until_ready(fn(*inputs))
   samples = {name: [] for name in compiled}
@@ -178,8 +181,9 @@ def time_interleaved(compiled: dict, inputs, min_runs: int, budget_s: float) -> 
       wall, cpu = time.perf_counter(), time.process_time()
       jax.block_until_ready(fn(*inputs))
       samples[name].append((time.perf_counter() - wall, time.process_time() - cpu))
-    runs = len(next(iter(samples.values())))
-    if runs >= min_runs or time.perf_counter() - start > budget_s:
+    runs, elapsed = len(next(iter(samples.values()))), time.perf_counter() - start
+    enough = runs >= min_runs and (elapsed >= min_time_s or runs >= max_runs)
+    if enough or elapsed > budget_s:
       break
   return samples
 
@@ -369,7 +373,8 @@ def main(argv=None) -> None:
                 "resident memory of a fresh process while it runs the case once, after compiling "
                 "(VmHWM reset through /proc/self/clear_refs; rss_method says if ru_maxrss was "
                 "used instead); rss_growth_mib: that peak minus the RSS just before the run",
-      "timing": f"median of >= {args.runs} interleaved runs (or as many as fit {args.budget_s} s) "
+      "timing": f"median of >= {args.runs} interleaved runs, more while the rounds take under 10 s "
+                f"(at most 50), fewer if {args.budget_s} s run out, "
                 "after one warm-up run, block_until_ready",
       "results": rows,
   }
