@@ -23,8 +23,10 @@ SCORES = scores.PARAMETER_FREE  # the scores taken by name here (weighted ones: 
 
 # The default dispatch, after cuDNN (where it applies, see `cudnn.unsupported_reason`):
 #
-# - CPU: chunked from T * S = 1024^2 logits per head, where it is also the faster kernel (see
-#   benchmarks/README.md for the measured rows), or from CHUNKED_MIN_LOGITS per call; XLA below.
+# - CPU: chunked from T * S = 1024^2 logits per head, or from CHUNKED_MIN_LOGITS per call; XLA
+#   below. Measured forward + backward (benchmarks/README.md): chunked takes about half XLA's time
+#   at L1024 and a fifth at L8192, and holds no [T, S] buffer; at B8 L256 (one block) the two tie
+#   and XLA compiles faster.
 # - Accelerators (GPU, TPU): a memory rule until a measurement says better. The XLA path keeps the
 #   float32 logits and probabilities of every [B, N, T, S] entry for the backward pass,
 #   XLA_BYTES_PER_LOGIT bytes per entry; the default moves to chunked when that would exceed
