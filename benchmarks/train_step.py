@@ -41,7 +41,7 @@ from attn_jax.nn import LSTMBaseline, TransformerEncoder
 BATCH_SIZE, SEQ_LEN, VOCAB_SIZE = 64, 120, 10
 ENCODER = dict(d_model=64, num_heads=4, d_ff=256, num_layers=2)
 LSTM_HIDDEN = 128
-# Targets of issue 4 (ours / idiomatic step time on a 2-core CPU).
+# Targets for the ratio ours / idiomatic step time on a 2-core CPU.
 TARGETS = {"encoder": 0.95, "lstm": 0.77}
 # Why parameter counts may differ between the two sides of a pair.
 PARAM_NOTES = {

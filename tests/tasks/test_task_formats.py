@@ -1,4 +1,4 @@
-"""Task layouts exactly as CONTRACT.md section 3 states them."""
+"""Task layouts exactly as the task docstrings (and the public API) state them."""
 
 import math
 
