@@ -194,12 +194,7 @@ def train(program: Program, seed: int, *, checkpointer: Checkpointer | None = No
     from attn_jax.training import sharding  # noqa: PLC0415
 
     fns = sharding.shard_program(program, mesh)
-    init_fn, step_fn, eval_fn = fns.init, fns.train_step, fns.evaluate
-    # The validation stream through the very program `shard_program` placed on the mesh (its
-    # batches constrained to the data axis): the jitted `evaluate` wraps that program's method.
-    sharded_evaluate = fns.evaluate.__wrapped__
-    validate_fn = jax.jit(lambda state: sharded_evaluate(state, VALID_STREAM),
-                          in_shardings=(fns.shardings,), out_shardings=sharding.replicated(mesh))
+    init_fn, step_fn, eval_fn, validate_fn = fns.init, fns.train_step, fns.evaluate, fns.validate
   state = init_fn(seed_array)
   start = 0
   if checkpointer is not None:

@@ -20,6 +20,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from attn_jax.training.program import VALID_STREAM
+
 DATA, MODEL = "data", "model"
 
 # Which axis of a parameter holds heads (or MLP hidden units), by the parameter's name in the
@@ -159,13 +161,15 @@ class ShardedFns:
 
   init: Any
   train_step: Any
-  evaluate: Any
+  evaluate: Any  # on the held-out stream
+  validate: Any  # on the validation stream (early stopping)
   shardings: Any
 
 
 def shard_program(program, mesh: Mesh) -> ShardedFns:
-  """`init`, `train_step` (state donated) and `evaluate` of ``program`` jitted with explicit
-  in/out shardings on ``mesh``; the batch is split over ``data``."""
+  """`init`, `train_step` (state donated), `evaluate` and `validate` (the held-out and the
+  validation stream) of ``program`` jitted with explicit in/out shardings on ``mesh``; the batch
+  is split over ``data``."""
   # Heads can only be split where parameters keep their shapes: no flat vector then.
   program = dataclasses.replace(
       program, task=constrain_batches(program.task, batch_sharding(mesh)),
@@ -178,5 +182,7 @@ def shard_program(program, mesh: Mesh) -> ShardedFns:
       train_step=jax.jit(program.train_step, in_shardings=(shardings,),
                          out_shardings=(shardings, rep), donate_argnums=0),
       evaluate=jax.jit(program.evaluate, in_shardings=(shardings,), out_shardings=rep),
+      validate=jax.jit(lambda state: program.evaluate(state, VALID_STREAM),
+                       in_shardings=(shardings,), out_shardings=rep),
       shardings=shardings,
   )

@@ -148,3 +148,23 @@ def test_head_parallel_step_exchanges_no_attention_activations(data, model):
   stray = [(op, shape) for op, shape in collectives if len(shape) > 1 and shape not in allowed]
   assert not stray, stray
   assert {op for op, _ in collectives} == {"all-reduce"}
+
+
+def test_train_on_a_mesh_validates_and_evaluates_like_one_device():
+  """`train(..., mesh=)`: the validation stream (early stopping) and the held-out evaluation run
+  through the sharded program and give the single-device numbers."""
+  import dataclasses
+
+  from attn_jax.training import train
+
+  program = _program()
+  program = dataclasses.replace(program, config=dataclasses.replace(
+      program.config, eval_every=1, eval_batches=2, log_every=1))
+  seen = {"single": [], "mesh": []}
+  single = train(program, 0, on_eval=lambda step, m: seen["single"].append(m["accuracy"]))
+  sharded = train(program, 0, mesh=shd.make_mesh(shd.MeshSpec(data=4, model=2)),
+                  on_eval=lambda step, m: seen["mesh"].append(m["accuracy"]))
+  assert len(seen["mesh"]) == STEPS
+  np.testing.assert_allclose(seen["mesh"], seen["single"], atol=1e-6)
+  np.testing.assert_allclose(sharded.eval_metrics["accuracy"], single.eval_metrics["accuracy"],
+                             atol=1e-6)
