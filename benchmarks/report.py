@@ -111,10 +111,34 @@ def mods_targets(report: dict) -> str:
   return "\n".join(lines)
 
 
+TRAIN_STEP_MODELS = {"encoder": "Transformer encoder (d_model 64, 4 heads, d_ff 256, 2 layers)",
+                     "lstm": "LSTM (hidden 128, zero carry on both sides)"}
+
+
+def train_step_table(report: dict) -> str:
+  """attn_jax's train step against flax.nnx's, per model."""
+  lines = ["| model | attn_jax ms | flax.nnx ms | ratio (wall) | ratio (CPU time) | target |",
+           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+  for name, row in report["results"].items():
+    met = "" if row["meets_target"] else " (not met)"
+    lines.append(f"| {TRAIN_STEP_MODELS.get(name, name)} | {row['ours_ms']:.1f} | "
+                 f"{row['flax_ms']:.1f} | {row['ratio']:.3f} | {row['cpu_ratio']:.3f} | "
+                 f"<= {row['target_ratio']}{met} |")
+  return "\n".join(lines)
+
+
+def train_step_machine(report: dict) -> str:
+  m = report["machine"]
+  return (f"{m['backend']}, {m['cpu_count']} cores, jax {m['jax']}, flax {m['flax']}, load "
+          f"average {m['load_average'][0]:.1f} at the start and {m['load_average_end'][0]:.1f} "
+          "at the end")
+
+
 def tables() -> dict[str, str]:
   """Every marked block's content, by name."""
   attention = _load("attention_cpu.json")
   mods = _load("mods_cpu.json")
+  train_step = _load("train_step_cpu.json")
   defaults = ("attn_jax[None", "attn_jax[chunked]", "attn_jax[xla]", "jax.nn[xla]")
   return {
       "attention_machine": machine_line(attention),
@@ -124,6 +148,8 @@ def tables() -> dict[str, str]:
       "mods_machine": machine_line(mods),
       "mods": mods_table(mods),
       "mods_targets": mods_targets(mods),
+      "train_step_machine": train_step_machine(train_step),
+      "train_step": train_step_table(train_step),
   }
 
 
