@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from attn_jax.core import block_mask, chunked_kernel, mods
+from attn_jax.core import block_mask, chunked_kernel, mod_key, mods
 from attn_jax.core.batched import group_heads
 from attn_jax.core.block_mask import EMPTY, FULL, PARTIAL, Layout, Terms
 
@@ -80,15 +80,29 @@ def chunked_attention(
                 score_mod=score_mod, mask_mod=mask_mod, block_q=block_q, block_k=block_k)
 
 
+def attend(query, key, value, *, score_mod, mask_mod, **kwargs) -> Array:
+  """`chunked_attention` without the argument checks (the batched API validates once).
+
+  The mods reach the compiled program keyed by what they compute (`attn_jax.core.mod_key`): a
+  mod reading changed Python state is traced anew, an identical fresh closure is not.
+  """
+  grid = (query.shape[0], query.shape[2], query.shape[1], key.shape[1])
+  score_key, score_arrays = mod_key.key_mod(score_mod, grid, score=True)
+  mask_key, mask_arrays = mod_key.key_mod(mask_mod, grid, score=False)
+  return _attend(query, key, value, score_mod=score_key, mask_mod=mask_key,
+                 score_mod_arrays=score_arrays, mask_mod_arrays=mask_arrays, **kwargs)
+
+
 # Jitted with its settings static: eager calls then reuse one compiled program per configuration
 # instead of re-tracing the loops (and recompiling) at every call. Takes validated arguments.
 @functools.partial(jax.jit, static_argnames=(
     "scale", "is_causal", "local_window_size", "score_fn", "params_per_head", "score_mod",
     "mask_mod", "block_q", "block_k"))
-def attend(query, key, value, *, bias, mask, scale, is_causal, query_seq_lengths,
-           key_value_seq_lengths, local_window_size, score_fn, score_params, params_per_head,
-           score_mod, mask_mod, block_q, block_k) -> Array:
-  """`chunked_attention` without the argument checks (the batched API validates once)."""
+def _attend(query, key, value, *, bias, mask, scale, is_causal, query_seq_lengths,
+            key_value_seq_lengths, local_window_size, score_fn, score_params, params_per_head,
+            score_mod, mask_mod, score_mod_arrays, mask_mod_arrays, block_q, block_k) -> Array:
+  score_mod = mod_key.rebind(score_mod, score_mod_arrays)
+  mask_mod = mod_key.rebind(mask_mod, mask_mod_arrays)
   batch, q_len, num_heads, head_dim = query.shape
   _, kv_len, kv_heads, _ = value.shape
   groups = num_heads // kv_heads

@@ -46,7 +46,9 @@ def convert(fn: Callable, *example_args) -> tuple[Callable, list]:
   as an explicit argument; a mod closes over its arrays. Tracing ``fn`` once at the block shapes
   ``example_args`` hoists them all, traced or not, float or int.
   """
-  closed = jax.make_jaxpr(fn)(*example_args)
+  # A fresh wrapper: make_jaxpr caches on the function's identity and would return the program
+  # of an earlier trace, from before the Python state the mod reads changed.
+  closed = jax.make_jaxpr(lambda *a: fn(*a))(*example_args)
   consts = list(closed.consts)
 
   def call(consts, *args):
@@ -80,6 +82,18 @@ def _rows(x: Array) -> Array:
   return x.reshape(x.shape[0], x.shape[1], -1, *x.shape[4:])
 
 
+def _einsum(spec: str, a: Array, b: Array, dtype) -> Array:
+  """A block product accumulating in ``dtype`` (float32 or wider).
+
+  The operands keep the input dtype (bf16 stays bf16, as in FlashAttention-2), except on CPU:
+  XLA:CPU has no BF16 x BF16 = F32 dot (a vmapped bf16 backward failed with "Unsupported element
+  type for DotThunk"), so there low-precision operands are upcast to float32 first.
+  """
+  if jax.default_backend() == "cpu" and jnp.finfo(a.dtype).bits < 32:
+    a, b = a.astype(dtype), b.astype(dtype)
+  return jnp.einsum(spec, a, b, preferred_element_type=dtype)
+
+
 def _t_matmul(rows: Array, other_rows: Array, dtype) -> Array:
   """rows^T @ other_rows: [B, K, R, H] x [B, K, R, S] -> [B, K, H, S], contracting the rows.
 
@@ -87,8 +101,7 @@ def _t_matmul(rows: Array, other_rows: Array, dtype) -> Array:
   a matmul contracting both operands' leading axis about 2x slower than this.
   """
   # [B, K, H, R] x [B, K, R, S] -> [B, K, H, S]
-  return jnp.einsum("bkhr,bkrs->bkhs", jnp.swapaxes(rows, -1, -2), other_rows,
-                    preferred_element_type=dtype)
+  return _einsum("bkhr,bkrs->bkhs", jnp.swapaxes(rows, -1, -2), other_rows, dtype)
 
 
 def _scores(cfg: Config, q_blk: Array, k_blk: Array, params: Any, with_vjp: bool):
@@ -97,7 +110,7 @@ def _scores(cfg: Config, q_blk: Array, k_blk: Array, params: Any, with_vjp: bool
   dtype = _stat_dtype(q_blk)
   if cfg.score_fn is None:
     # [B, K, G*bq, H] x [B, K, bk, H] -> [B, K, G*bq, bk]: one batched matmul, keys shared by G.
-    scores = jnp.einsum("bkqh,bksh->bkqs", _rows(q_blk), k_blk, preferred_element_type=dtype)
+    scores = _einsum("bkqh,bksh->bkqs", _rows(q_blk), k_blk, dtype)
     scores = scores.reshape(*q_blk.shape[:-1], -1) * jnp.asarray(cfg.scale, dtype)
 
     def dot_vjp(d_scores):
@@ -105,7 +118,7 @@ def _scores(cfg: Config, q_blk: Array, k_blk: Array, params: Any, with_vjp: bool
       # products accumulate in float32.
       d_scaled = _rows((d_scores * jnp.asarray(cfg.scale, dtype)).astype(q_blk.dtype))
       # [B, K, G*bq, bk] x [B, K, bk, H] -> [B, K, G*bq, H]
-      dq = jnp.einsum("bkqs,bksh->bkqh", d_scaled, k_blk, preferred_element_type=dtype)
+      dq = _einsum("bkqs,bksh->bkqh", d_scaled, k_blk, dtype)
       return dq.reshape(q_blk.shape), _t_matmul(_rows(q_blk), d_scaled, dtype), None
 
     return scores, dot_vjp if with_vjp else None
@@ -210,8 +223,8 @@ def _forward(cfg, q_blocks, k_blocks, v_blocks, bias, params, score_float, score
     p = jnp.exp(logits - m_safe[..., None])  # [B, K, G, bq, bk]; masked entries exactly 0
     rescale = jnp.exp(m - m_safe)
     # [B, K, G*bq, bk] x [B, K, bk, Hv] -> [B, K, G*bq, Hv]
-    pv = jnp.einsum("bkqs,bksh->bkqh", _rows(p.astype(v_blocks.dtype)), v_blocks[j],
-                    preferred_element_type=dtype).reshape(acc.shape)
+    pv = _einsum("bkqs,bksh->bkqh", _rows(p.astype(v_blocks.dtype)), v_blocks[j], dtype)
+    pv = pv.reshape(acc.shape)
     return m_new, denom * rescale + jnp.sum(p, axis=-1), acc * rescale[..., None] + pv
 
   def query_block(xs):
@@ -260,7 +273,7 @@ def _backward(cfg, residuals, d_out):
     # dV^T = dO^T P: [B, K, G*bq, Hv] x [B, K, G*bq, bk] -> [B, K, Hv, bk] (summed over G too)
     dv_t = _t_matmul(_rows(do_blk), _rows(p.astype(do_blk.dtype)), dtype)
     # [B, K, G*bq, Hv] x [B, K, bk, Hv] -> [B, K, G*bq, bk]
-    dp = jnp.einsum("bkqh,bksh->bkqs", _rows(do_blk), v_blk, preferred_element_type=dtype)
+    dp = _einsum("bkqh,bksh->bkqs", _rows(do_blk), v_blk, dtype)
     d_logits = p * (dp.reshape(p.shape) - delta[i][..., None])
     dq, dk_t, dparams, d_bias, d_consts = logits_vjp(d_logits)
     return dq, dk_t, dv_t, (None if bias is None else d_bias), dparams, d_consts
