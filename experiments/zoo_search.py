@@ -5,11 +5,13 @@ python -m experiments.zoo_search --config=configs/recall_zoo.py --workdir=DIR
 
 Trains every model at its middle state size on the middle MQAR difficulty, at every rate of
 ``config.lr_search.learning_rates``, on ``config.lr_search.seeds`` (seeds the zoo does not
-report), with the zoo's budget; picks per model the rate with the best mean held-out accuracy
-(ties within 0.005: the lower loss). Writes DIR/lr_search.json and DIR/lr_search.md; the choice
-is copied by hand into the config, so the zoo never depends on a search having been run.
+report), with the zoo's budget cut to ``config.lr_search.num_steps`` steps; picks per model the
+rate with the best mean held-out accuracy (ties within 0.005: the lower loss). Writes
+DIR/lr_search.json and DIR/lr_search.md; the choice is copied by hand into the config, so the
+zoo never depends on a search having been run.
 """
 
+import copy
 import dataclasses
 import json
 import os
@@ -33,6 +35,9 @@ def search_plan(config):
     middle = getattr(run.settings.model_spec, field) == values[len(values) // 2]
     return middle and run.group == "mqar" and run.distance == middle_length
 
+  config = copy.deepcopy(config)
+  config.unlock()
+  config.train.num_steps = config.lr_search.num_steps
   runs = []
   for rate in config.lr_search.learning_rates:
     rates = {model: rate for model in config.models}
