@@ -111,8 +111,11 @@ def check_site(outdir: Path) -> list[str]:
 
 
 def on_build_finished(app, exception):
+  from sphinx.util import logging  # here, so that check_site runs without Sphinx (the tests)
+
   if exception is not None or app.builder.format != "html":
     return
+  logger = logging.getLogger(__name__)
   for problem in check_site(Path(app.outdir)):
     logger.warning("site check: %s", problem)
 
