@@ -99,6 +99,15 @@ def attend(query, key, value, *, score_mod, mask_mod, **kwargs) -> Array:
 
   The mods reach the compiled program keyed by what they compute (`attn_jax.core.mod_key`): a
   mod reading changed Python state is traced anew, an identical fresh closure is not.
+
+  Example:
+    >>> q = jnp.ones((1, 8, 2, 4))
+    >>> out = attend(q, q, q, bias=None, mask=None, scale=None, is_causal=True,
+    ...              query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
+    ...              score_fn=None, score_params=None, params_per_head=False, score_mod=None,
+    ...              mask_mod=None, block_q=None, block_k=None)
+    >>> out.shape
+    (1, 8, 2, 4)
   """
   grid = (query.shape[0], query.shape[2], query.shape[1], key.shape[1])
   score_key, score_arrays = mod_key.key_mod(score_mod, grid, score=True)

@@ -198,6 +198,14 @@ def check_signature(score_mod: ScoreMod | None = None, mask_mod: MaskMod | None 
   ``score_mod(score, b, h, q_idx, kv_idx)`` and ``mask_mod(b, h, q_idx, kv_idx)``.
 
   Catches the older single-head spellings (``score_mod(logits)``, ``score_mod(logits, head)``).
+
+  Example:
+    >>> check_signature(score_mod=softcap(30.0))  # the one signature: nothing to say
+    >>> try:
+    ...   check_signature(score_mod=lambda logits, head: logits)
+    ... except TypeError as e:
+    ...   print(str(e)[:60])
+    score_mod must take (score, b, h, q_idx, kv_idx) -> score, t
   """
   for name, fn, params in (("score_mod", score_mod, "score, b, h, q_idx, kv_idx"),
                            ("mask_mod", mask_mod, "b, h, q_idx, kv_idx")):
