@@ -47,7 +47,8 @@ def chunked_attention(
     local_window_size: int | tuple[int, int] | None = None, score_fn: Callable | None = None,
     score_params: Any = None, params_per_head: bool = False, score_mod: Callable | None = None,
     mask_mod: Callable | None = None, block_mask: BlockMask | None = None,
-    block_q: int | None = None, block_k: int | None = None,
+    block_q: int | None = None, block_k: int | None = None, dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
 ) -> Array:
   """Attention with O(q_len * block) memory, the same numbers as `jax.nn.dot_product_attention`.
 
@@ -68,6 +69,10 @@ def chunked_attention(
   sizes, its plan walked as it is (with any other mask argument a new plan of both is made).
   block_q, block_k: block sizes; None lets the kernel choose (512, smaller for masks known to be
   sparse at trace time: see AUTO_BLOCKS; a block mask's own).
+  dropout_rate, dropout_rng: dropout on the attention weights (each kept weight scaled by
+  1 / (1 - rate)) inside the kernel, with a PRNG key: the keep mask of each block is drawn from
+  the key folded with (batch index, query head, query block, key block), the same bits in the
+  forward and the backward pass (`dropout_keep_mask` assembles it densely, for checks).
   Returns [batch, q_len, num_heads, value_dim] in the query's dtype; query rows that may attend to
   no key are exactly zero, and key/value positions no query may see never enter the arithmetic.
   """
@@ -75,6 +80,9 @@ def chunked_attention(
                        key_value_seq_lengths, local_window_size, score_fn, block_q, block_k)
   if block_mask is not None:
     block_mask.check_sizes(query.shape[0], query.shape[2], query.shape[1], key.shape[1])
+  if not 0.0 <= dropout_rate < 1.0 or (dropout_rate > 0 and dropout_rng is None):
+    raise ValueError(f"dropout_rate must be in [0, 1), with a dropout_rng when > 0; got "
+                     f"{dropout_rate} and {dropout_rng}")
   as_int32 = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
   return attend(query, key, value, bias=bias, mask=mask,
                 scale=None if scale is None else float(scale), is_causal=bool(is_causal),
@@ -82,17 +90,19 @@ def chunked_attention(
                 key_value_seq_lengths=as_int32(key_value_seq_lengths), local_window_size=window,
                 score_fn=score_fn, score_params=score_params, params_per_head=params_per_head,
                 score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask, block_q=block_q,
-                block_k=block_k)
+                block_k=block_k, dropout_rate=float(dropout_rate),
+                dropout_rng=dropout_rng if dropout_rate > 0 else None)
 
 
 # Jitted with its settings static: eager calls then reuse one compiled program per configuration
 # instead of re-tracing the loops (and recompiling) at every call. Takes validated arguments.
 @functools.partial(jax.jit, static_argnames=(
     "scale", "is_causal", "local_window_size", "score_fn", "params_per_head", "score_mod",
-    "mask_mod", "block_q", "block_k"))
+    "mask_mod", "block_q", "block_k", "dropout_rate"))
 def attend(query, key, value, *, bias, mask, scale, is_causal, query_seq_lengths,
            key_value_seq_lengths, local_window_size, score_fn, score_params, params_per_head,
-           score_mod, mask_mod, block_q, block_k, block_mask=None) -> Array:
+           score_mod, mask_mod, block_q, block_k, block_mask=None, dropout_rate=0.0,
+           dropout_rng=None) -> Array:
   """`chunked_attention` without the argument checks (the batched API validates once)."""
   batch, q_len, num_heads, head_dim = query.shape
   _, kv_len, kv_heads, _ = value.shape
@@ -124,7 +134,11 @@ def attend(query, key, value, *, bias, mask, scale, is_causal, query_seq_lengths
       mask_program=block_mask.program, mask_batch=block_mask.batch is not None,
       mask_heads=block_mask.num_heads is not None, fwd_steps=max(block_mask.max_kv_blocks, 1),
       bwd_steps=max(block_mask.max_q_blocks, 1))
-  run = functools.partial(_run, cfg, score_mod, score_params)
+  seed = None
+  if dropout_rate > 0:
+    cfg = cfg._replace(dropout_rate=dropout_rate, dropout_impl=jax.random.key_impl(dropout_rng))
+    seed = jax.random.key_data(dropout_rng)
+  run = functools.partial(_run, cfg, score_mod, score_params, seed)
   if not per_batch:
     out = run(query, key, value, bias, terms, jax.tree.map(lambda x: x[0], walk))
   else:
@@ -188,6 +202,22 @@ def call_block_mask(batch: int, q_len: int, kv_len: int, num_heads: int, *,
                num_heads=num_heads if depends_h else None, bound=bound, **blocks)
 
 
+def dropout_keep_mask(dropout_rng: Array, dropout_rate: float, batch: int, num_heads: int,
+                      q_len: int, kv_len: int, block_q: int, block_k: int) -> Array:
+  """The keep mask ``chunked_attention(dropout_rate=, dropout_rng=)`` draws, assembled densely:
+  bool [B, N, T, S], for blocks of block_q x block_k (those of the call's block mask)."""
+  layout = Layout(q_len, kv_len, min(block_q, q_len), min(block_k, kv_len), num_heads, 1)
+  cfg = chunked_kernel.Config(layout, 1.0, None, False, None, None, False, False, 1, 1,
+                              dropout_rate, jax.random.key_impl(dropout_rng))
+  seed, rows = jax.random.key_data(dropout_rng), jnp.arange(batch, dtype=jnp.int32)
+  block = lambda i, j: chunked_kernel.dropout_keep(cfg, seed, rows, i, j)[:, :, 0]
+  nq, nk = layout.num_q_blocks, layout.num_k_blocks
+  # [nQ, nK, B, N, bq, bk] -> [B, N, nQ, bq, nK, bk]
+  keep = jax.vmap(lambda i: jax.vmap(lambda j: block(i, j))(jnp.arange(nk)))(jnp.arange(nq))
+  keep = keep.transpose(2, 3, 0, 4, 1, 5).reshape(batch, num_heads, nq * layout.block_q, -1)
+  return keep[:, :, :q_len, :kv_len]
+
+
 def _closes_over_tracers(mask_mod) -> bool:
   _, consts = ModProgram.trace(mask_mod)
   return any(isinstance(c, jax.core.Tracer) for c in consts)
@@ -219,7 +249,7 @@ def _walk(block_mask: BlockMask) -> tuple[Walk, bool]:
   return Walk(as_int32(kind), *(as_int32(x) for x in lists)), per_batch
 
 
-def _run(cfg, score_mod, score_params, query, key, value, bias, terms, walk):
+def _run(cfg, score_mod, score_params, seed, query, key, value, bias, terms, walk):
   """Blocks, converts the score mod at the block shapes, runs the kernel, unblocks.
 
   -> [B, T_pad, N, Hv].
@@ -243,7 +273,7 @@ def _run(cfg, score_mod, score_params, query, key, value, bias, terms, walk):
   k_blocks = to_blocks(key).transpose(1, 0, 3, 2, 4)
   v_blocks = to_blocks(value).transpose(1, 0, 3, 2, 4)
   out = chunked_kernel.attend_blocks(cfg, q_blocks, k_blocks, v_blocks, bias, score_params,
-                                     score_float, score_other, terms, walk)
+                                     score_float, score_other, terms, walk, seed)
   # [nQ, B, K, G, bq, Hv] -> [B, nQ, bq, K, G, Hv] -> [B, T_pad, N, Hv]
   return out.transpose(1, 0, 4, 2, 3, 5).reshape(batch, nq * bq, num_heads, -1)
 
