@@ -76,6 +76,7 @@ def chunked_attention(
   Returns [batch, q_len, num_heads, value_dim] in the query's dtype; query rows that may attend to
   no key are exactly zero, and key/value positions no query may see never enter the arithmetic.
   """
+  mods.check_signature(score_mod, mask_mod)
   window = _check_args(query, key, value, bias, mask, scale, query_seq_lengths,
                        key_value_seq_lengths, local_window_size, score_fn, block_q, block_k)
   if block_mask is not None:
