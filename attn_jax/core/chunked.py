@@ -166,7 +166,13 @@ def call_block_mask(batch: int, q_len: int, kv_len: int, num_heads: int, *,
   """The block mask `chunked_attention` builds for a call with these masks (mask: bool
   broadcastable to [B, N, T, S]; the rest as there; ``base``: a block mask AND-ed in, whose
   blocks are kept). The blocks, when not given: ``base``'s, else those `choose_blocks` picks for
-  the terms known at trace time (windows, a static ``mask_mod``), else DEFAULT_BLOCK."""
+  the terms known at trace time (windows, a static ``mask_mod``), else DEFAULT_BLOCK.
+
+  Example:
+    >>> bm = call_block_mask(1, 16384, 16384, 4, local_window_size=(256, 0))
+    >>> bm.block_q, bm.max_kv_blocks  # small blocks for a narrow band, 5 per query block
+    (64, 5)
+  """
   as_int32 = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
   static = mods.and_masks(mods.causal() if is_causal else None,
                           mods.sliding_window(*local_window_size) if local_window_size else None)
@@ -206,7 +212,14 @@ def call_block_mask(batch: int, q_len: int, kv_len: int, num_heads: int, *,
 def dropout_keep_mask(dropout_rng: Array, dropout_rate: float, batch: int, num_heads: int,
                       q_len: int, kv_len: int, block_q: int, block_k: int) -> Array:
   """The keep mask ``chunked_attention(dropout_rate=, dropout_rng=)`` draws, assembled densely:
-  bool [B, N, T, S], for blocks of block_q x block_k (those of the call's block mask)."""
+  bool [B, N, T, S], for blocks of block_q x block_k (those of the call's block mask).
+
+  Example:
+    >>> import jax
+    >>> keep = dropout_keep_mask(jax.random.key(0), 0.5, 1, 2, 64, 64, 32, 32)
+    >>> keep.shape, 0.4 < float(keep.mean()) < 0.6
+    ((1, 2, 64, 64), True)
+  """
   layout = Layout(q_len, kv_len, min(block_q, q_len), min(block_k, kv_len), num_heads, 1)
   cfg = chunked_kernel.Config(layout, 1.0, None, False, None, None, False, False, 1, 1,
                               dropout_rate, jax.random.key_impl(dropout_rng))
