@@ -95,12 +95,13 @@ def mods_targets(report: dict) -> str:
   window_ratio = window["ms"] / full["ms"] / (256 / window["seq_len"])
   rows = [
       ("document masking, 8 documents, B1 L8192: x faster than chunked without the mask",
-       ">= 4", f"{doc_nomask['ms'] / doc['ms']:.2f}"),
+       ">= 4", f"{doc_nomask['ms'] / doc['ms']:.2f}"
+       + (" (not met)" if doc_nomask["ms"] / doc["ms"] < 4 else "")),
       ("... x faster than jax.nn with the dense mask", ">= 6", f"{doc_nn['ms'] / doc['ms']:.1f}"),
       ("... peak memory, share of jax.nn's (peak RSS)", "<= 10 %",
        f"{100 * doc['peak_rss_mib'] / doc_nn['peak_rss_mib']:.1f} %"),
       ("sliding window 256 at L16384: time / (window / length x full time)", "<= 1.5",
-       f"{window_ratio:.2f}"),
+       f"{window_ratio:.2f}" + (" (not met)" if window_ratio > 1.5 else "")),
       ("ALiBi score mod, B1 L16384 N4 H64, forward + backward: peak memory", "<= 2.5 GB",
        f"{alibi['peak_rss_mib'] / 1024:.2f} GiB"),
       ("soft-capping at L8192: time / unmodified chunked time", "<= 1.3",
