@@ -1,0 +1,136 @@
+"""What the Pallas kernel walks: block lists, and the mods as (jaxpr, arrays) pairs.
+
+The kernel (`attn_jax.core.pallas_kernels`) takes plain arrays only. `KernelPlan` holds, per batch
+row and key/value head (size 1 where the mask does not depend on them), the kind of every block
+(`block_mask.EMPTY` / PARTIAL / FULL) and the two visiting orders: the key blocks each query block
+visits (forward and dQ) and the query blocks each key block visits (dK / dV). `from_block_kinds` is
+the one adapter from a block classification to those lists; `plan_for_call` feeds it from
+`attn_jax.core.block_mask` (an exact summary of every mask term, static where it can be).
+
+A mod runs inside the kernel on index tiles, but a kernel cannot close over arrays: `convert`
+traces the mod once at the tile shapes and returns its jaxpr and the arrays it closes over, which
+become kernel inputs (float ones differentiated, the others not).
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attn_jax.core import block_mask
+from attn_jax.core.block_mask import EMPTY, FULL, PARTIAL, Layout, Terms
+
+Array = jax.Array
+
+
+class KernelPlan(NamedTuple):
+  """Block lists for the kernel (Bs: 1 or B; Ks: 1 or K, the key/value heads).
+
+  kind: int32 [Bs, Ks, nQ, nK]; fwd_count [Bs, Ks, nQ] and fwd_order [Bs, Ks, nQ, nK]: query
+  block i visits key blocks fwd_order[..., i, :fwd_count[..., i]]; bwd_count [Bs, Ks, nK] and
+  bwd_order [Bs, Ks, nK, nQ]: key block j visits query blocks bwd_order[..., j, :bwd_count].
+  """
+
+  kind: Array
+  fwd_count: Array
+  fwd_order: Array
+  bwd_count: Array
+  bwd_order: Array
+
+
+def from_block_kinds(kind, num_kv_heads: int, *, q_len: int, kv_len: int, block_q: int,
+                     block_k: int) -> KernelPlan:
+  """The adapter: block kinds int [B|1, H|1, nQ, nK] (H the query heads) -> `KernelPlan`.
+
+  The kernel handles the G = H // num_kv_heads query heads of a key/value head together, so their
+  kinds are merged (FULL where all are FULL, EMPTY where all are EMPTY). Blocks that reach past
+  q_len / kv_len hold padding and are never FULL: the kernel masks the padding there.
+  """
+  xp = np if isinstance(kind, np.ndarray) else jnp
+  kind = xp.asarray(kind).astype(np.int32)
+  bs, hs, nq, nk = kind.shape
+  if hs > 1:
+    grouped = kind.reshape(bs, num_kv_heads, hs // num_kv_heads, nq, nk)
+    low, high = grouped.min(axis=2), grouped.max(axis=2)
+    kind = xp.where(low == FULL, FULL, xp.where(high == EMPTY, EMPTY, PARTIAL)).astype(np.int32)
+  padded = np.zeros((nq, nk), bool)
+  if nq * block_q != q_len:
+    padded[-1, :] = True
+  if nk * block_k != kv_len:
+    padded[:, -1] = True
+  if padded.any():
+    kind = xp.where(padded & (kind == FULL), PARTIAL, kind).astype(np.int32)
+  live = kind != EMPTY
+  # A stable sort of "is empty" lists the live blocks first, in ascending order.
+  fwd_order = xp.argsort(~live, axis=-1, stable=True).astype(np.int32)
+  bwd_order = xp.argsort(~xp.swapaxes(live, -1, -2), axis=-1, stable=True).astype(np.int32)
+  return KernelPlan(kind, live.sum(axis=-1).astype(np.int32), fwd_order,
+                    live.sum(axis=-2).astype(np.int32), bwd_order)
+
+
+def plan_for_call(batch: int, q_len: int, kv_len: int, kv_heads: int, groups: int, *,
+                  block_q: int, block_k: int, mask_mod: Callable | None) -> KernelPlan:
+  """The exact block plan of a call, from `block_mask.summarize`.
+
+  ``mask_mod`` is every mask term of the call as one mod (causal, window, lengths, a dense mask,
+  the user's mod: see `attn_jax.core.mods`). Numpy when it closes over concrete values only;
+  computed on device otherwise (traced lengths, masks or segment ids).
+  """
+  layout = Layout(q_len=q_len, kv_len=kv_len, block_q=block_q, block_k=block_k,
+                  kv_heads=kv_heads, groups=groups, is_causal=False, window=None)
+  if block_mask.is_static(mask_mod, batch, layout):
+    kind = block_mask.static_summary(layout, batch, mask_mod).kind
+  else:
+    terms = Terms(None, None, None, jnp.arange(batch, dtype=jnp.int32))
+    kind = block_mask.summarize(layout, terms, mask_mod, dynamic=True).kind
+  return from_block_kinds(kind[:, None], kv_heads, q_len=q_len, kv_len=kv_len, block_q=block_q,
+                          block_k=block_k)
+
+
+class Converted(NamedTuple):
+  """A mod as a jaxpr over (float arrays, other arrays, *args): see `convert`."""
+
+  jaxpr: Any  # the mod's jaxpr (a static setting of the kernel)
+  is_float: tuple[bool, ...]  # which arrays are differentiated
+  shapes: tuple[tuple[int, ...], ...]
+  dtypes: tuple[Any, ...]
+
+  def __call__(self, floats, others, *args):
+    floats, others = iter(floats), iter(others)
+    consts = [(next(floats) if f else next(others)).reshape(s).astype(d)
+              for f, s, d in zip(self.is_float, self.shapes, self.dtypes, strict=True)]
+    return jax.core.eval_jaxpr(self.jaxpr, consts, *args)[0]
+
+
+def convert(fn: Callable, *example_args, differentiate: bool = True
+            ) -> tuple[Converted, list, list]:
+  """``fn`` traced at ``example_args`` -> (converted, float arrays, other arrays).
+
+  Every array ``fn`` closes over, traced or concrete, becomes a kernel input: at least 1-D,
+  booleans as int8 (``converted`` restores both). With ``differentiate=False`` the float arrays
+  count among the others.
+  """
+  closed = jax.make_jaxpr(fn)(*example_args)
+  consts = [jnp.asarray(c) for c in closed.consts]
+  is_float = tuple(differentiate and bool(jnp.issubdtype(c.dtype, jnp.inexact)) for c in consts)
+  shapes = tuple(tuple(c.shape) for c in consts)
+  dtypes = tuple(c.dtype for c in consts)
+  inputs = [(c.reshape(-1) if c.ndim == 0 else c) for c in consts]
+  inputs = [c.astype(jnp.int8) if c.dtype == jnp.bool_ else c for c in inputs]
+  floats = [c for c, f in zip(inputs, is_float, strict=True) if f]
+  others = [c for c, f in zip(inputs, is_float, strict=True) if not f]
+  return Converted(closed.jaxpr, is_float, shapes, dtypes), floats, others
+
+
+def lookup_mod(x: Array, *, score: bool) -> Callable:
+  """A dense bias (``score=True``: added to the score) or mask [B|1, N|1, T|1, S|1] as a mod:
+  the entry at (b, h, q_idx, kv_idx), a size-1 axis shared."""
+  def entry(b, h, q_idx, kv_idx):
+    pick = lambda axis, i: i if x.shape[axis] > 1 else jnp.zeros_like(i)
+    return x[pick(0, b), pick(1, h), pick(2, q_idx), pick(3, kv_idx)]
+
+  if score:
+    return lambda s, b, h, q_idx, kv_idx: s + entry(b, h, q_idx, kv_idx).astype(s.dtype)
+  return entry
