@@ -15,10 +15,10 @@ import jax.numpy as jnp
 
 from attn_jax._arguments import IMPLEMENTATIONS as IMPLEMENTATIONS  # re-exported
 from attn_jax._arguments import Arguments, validate
-from attn_jax.core import batched, chunked, cudnn, masks, mods, scores
+from attn_jax.core import batched, chunked, cudnn, masks, mods, pallas_attention, scores
 
 Array = jax.Array
-Implementation = Literal["reference", "xla", "cudnn", "chunked"]
+Implementation = Literal["reference", "xla", "cudnn", "chunked", "pallas"]
 SCORES = scores.PARAMETER_FREE  # the scores taken by name here (weighted ones: the modules)
 
 # The default dispatch, after cuDNN (where it applies, see `cudnn.unsupported_reason`):
@@ -106,6 +106,10 @@ def _resolve(implementation, args: Arguments) -> str:
     reason = _cudnn_reason(args)
     if reason is not None:
       raise ValueError(f"implementation='cudnn' cannot serve these arguments: {reason}")
+  if implementation == "pallas":  # never the default: no GPU measurement says it is ahead yet
+    reason = pallas_attention.unsupported_reason()
+    if reason is not None:
+      raise ValueError(f"implementation='pallas' cannot serve these arguments: {reason}")
   return implementation
 
 
@@ -149,8 +153,10 @@ def dot_product_attention(
     score: "dot" (scaled dot product) or "cosine" (query and key L2-normalised per head).
     implementation: None (the fastest valid on this backend: cuDNN on NVIDIA GPUs where it
       applies, else XLA, or chunked for large T * S), "reference" (the single-head definition,
-      vmapped), "xla", "cudnn" or "chunked" (memory-efficient: no [T, S] matrix held at once).
-      A requested implementation that cannot serve the arguments raises ValueError.
+      vmapped), "xla", "cudnn", "chunked" (memory-efficient: no [T, S] matrix held at once) or
+      "pallas" (the chunked semantics as a Pallas kernel: compiled on a GPU, interpreted on
+      CPU, for tests; never picked by default). A requested implementation that cannot serve
+      the arguments raises ValueError.
     score_mod: ``score_mod(score, b, h, q_idx, kv_idx) -> score`` on the float32 logit
       (``scale * q . k``, plus ``bias``), before masking and the softmax.
     mask_mod: ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (True = may attend), AND-ed with every
@@ -171,10 +177,17 @@ def dot_product_attention(
                   mask_mod=mask_mod)
   chosen = _resolve(implementation, args)
   scale = _default_scale(score, args.query.shape[-1], scale)
-  if chosen == "chunked":
-    q, k = args.query, args.key
-    if score == "cosine":  # the dot product of unit vectors; normalised in float32
-      q, k = scores.l2_normalize(q), scores.l2_normalize(k)
+  q, k = args.query, args.key
+  if chosen in ("chunked", "pallas") and score == "cosine":
+    # The dot product of unit vectors; normalised in float32.
+    q, k = scores.l2_normalize(q), scores.l2_normalize(k)
+  if chosen == "pallas":
+    out = pallas_attention.pallas_attention(
+        q, k, args.value, bias=args.bias, mask=args.mask, scale=float(scale),
+        is_causal=args.is_causal, query_seq_lengths=args.query_seq_lengths,
+        key_value_seq_lengths=args.key_value_seq_lengths,
+        local_window_size=args.local_window_size, score_mod=score_mod, mask_mod=mask_mod)
+  elif chosen == "chunked":
     out = chunked.attend(
         q, k, args.value, bias=args.bias, mask=args.mask, scale=float(scale),
         is_causal=args.is_causal, query_seq_lengths=args.query_seq_lengths,

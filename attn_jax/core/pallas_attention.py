@@ -216,3 +216,13 @@ def _attend_bwd(static, residuals, cotangents):
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+def unsupported_reason() -> str | None:
+  """Why the kernels cannot run on the default backend, or None: they need the Triton lowering
+  (GPU) or interpret mode (CPU); TPU kernels are Mosaic ones, which these are not."""
+  backend = jax.default_backend()
+  if backend in ("cpu", "gpu", "cuda", "rocm"):
+    return None
+  return (f"the Pallas kernel runs on GPU (Triton) or CPU (interpret mode); the default backend "
+          f"is {backend!r}")
