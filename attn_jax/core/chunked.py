@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from attn_jax.core import block_mask, chunked_kernel
+from attn_jax.core import block_mask, chunked_kernel, mods
 from attn_jax.core.batched import group_heads
 from attn_jax.core.block_mask import EMPTY, FULL, PARTIAL, Layout, Terms
 
@@ -68,6 +68,7 @@ def chunked_attention(
   Returns [batch, q_len, num_heads, value_dim] in the query's dtype; query rows that may attend to
   no key are exactly zero, and key/value positions no query may see never enter the arithmetic.
   """
+  mods.check_signature(score_mod, mask_mod)
   window = _check_args(query, key, value, bias, mask, scale, query_seq_lengths,
                        key_value_seq_lengths, local_window_size, score_fn, block_q, block_k)
   as_int32 = lambda x: None if x is None else jnp.asarray(x, jnp.int32)

@@ -286,6 +286,18 @@ def test_mods_returning_the_wrong_dtype_or_shape_raise(kind, mod, match, impleme
                                    **{kind: mod})
 
 
+@pytest.mark.parametrize(("kind", "mod", "match"), [
+    ("score_mod", lambda logits: logits, r"score, b, h, q_idx, kv_idx"),
+    ("score_mod", lambda logits, head: logits, r"score, b, h, q_idx, kv_idx"),
+    ("mask_mod", lambda q_idx, kv_idx: kv_idx <= q_idx, r"b, h, q_idx, kv_idx"),
+])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=str)
+def test_old_style_mods_raise_type_error_naming_the_signature(kind, mod, match, implementation):
+  query, key, value, _ = _inputs()
+  with pytest.raises(TypeError, match=match):
+    _attention(implementation)(query, key, value, **{kind: mod})
+
+
 def test_cudnn_refuses_mods_and_the_default_never_sends_them_there(monkeypatch):
   query, key, value, _ = (x.astype(jnp.bfloat16) for x in _inputs())
   from attn_jax.core import cudnn
