@@ -21,6 +21,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from attn_jax.core import mods, pallas_plan
 from attn_jax.core.pallas_kernels import Static, dkdv_kernel, dq_kernel, forward_kernel
@@ -32,6 +33,15 @@ F32 = jnp.float32
 GPU_BLOCK_Q, GPU_BLOCK_K = 128, 64
 #: Block sizes in interpret mode (CPU): small, so that short test sequences have several blocks.
 CPU_BLOCK = 32
+#: Triton launch settings (forward, backward kernels): jax's attention kernel's for head_dim > 64;
+#: untuned (no GPU measurement yet).
+NUM_WARPS, NUM_STAGES = 8, 2
+
+
+def _compiler_params(interpret: bool):
+  # Triton, not Mosaic GPU: the lowering that runs on Ampere and Hopper alike.
+  return None if interpret else pltriton.CompilerParams(num_warps=NUM_WARPS,
+                                                        num_stages=NUM_STAGES)
 
 
 def pallas_attention(
@@ -146,7 +156,7 @@ def _forward(static, q_t, k_t, v_t, plan, floats, others, mask_consts):
                  pl.BlockSpec((None, g, bq), lambda b, k, i: (b, k, i))],
       out_shape=[jax.ShapeDtypeStruct((batch, num_heads, t_pad, vdim), out_dtype),
                  jax.ShapeDtypeStruct((batch, num_heads, t_pad), F32)],
-      interpret=interpret,
+      interpret=interpret, compiler_params=_compiler_params(interpret),
   )(*arrays, q_t, k_t, v_t)
 
 
@@ -156,15 +166,38 @@ def _attend(static, q_t, k_t, v_t, plan, floats, others, mask_consts):
   return tuple(_forward(static, q_t, k_t, v_t, plan, floats, others, mask_consts))
 
 
-def _attend_fwd(static, q_t, k_t, v_t, plan, floats, others, mask_consts):
+def _attend_fwd(static, *primals):
+  # symbolic_zeros: each primal says whether it is differentiated ("perturbed"). The gradient
+  # into the score mod's float arrays is computed only when one is.
+  perturbed = any(p.perturbed for p in jax.tree.leaves(primals[4], is_leaf=_is_primal))
+  q_t, k_t, v_t, plan, floats, others, mask_consts = jax.tree.map(
+      lambda p: p.value, primals, is_leaf=_is_primal)
   out, lse = _forward(static, q_t, k_t, v_t, plan, floats, others, mask_consts)
-  return (out, lse), (q_t, k_t, v_t, plan, floats, others, mask_consts, out, lse)
+  # The flag travels in the residuals' structure (a static fact, not an array).
+  flag = ((),) if perturbed else ()
+  return (out, lse), (q_t, k_t, v_t, plan, floats, others, mask_consts, out, lse, flag)
+
+
+def _is_primal(x) -> bool:
+  return isinstance(x, jax.custom_derivatives.CustomVJPPrimal)
+
+
+def _dense(cotangent, like):
+  if isinstance(cotangent, jax.custom_derivatives.SymbolicZero):
+    return jnp.zeros(like.shape, like.dtype)
+  return cotangent
 
 
 def _attend_bwd(static, residuals, cotangents):
   st, interpret, _ = static
-  q_t, k_t, v_t, plan, floats, others, mask_consts, out, lse = residuals
-  d_out, d_lse = cotangents
+  q_t, k_t, v_t, plan, floats, others, mask_consts, out, lse, flag = residuals
+  st = st._replace(differentiate_floats=bool(flag) and bool(floats))
+  if st.differentiate_floats and not interpret and pallas_plan.indexes_floats(st.score_mod):
+    raise ValueError(
+        "implementation='pallas' on a GPU cannot differentiate an array the score_mod indexes "
+        "(ALiBi slopes, a relative-position table, a dense bias): Triton has no gather or "
+        "scatter. Use implementation='chunked' for that gradient, or keep the array constant")
+  d_out, d_lse = _dense(cotangents[0], out), _dense(cotangents[1], lse)
   batch, num_heads, t_pad, dim = q_t.shape
   kv_heads, s_pad, vdim = v_t.shape[1], v_t.shape[2], v_t.shape[3]
   g, bq, bk = st.groups, st.block_q, st.block_k
@@ -178,6 +211,7 @@ def _attend_bwd(static, residuals, cotangents):
 
   arrays, specs = _shared((plan.kind, plan.bwd_count, plan.bwd_order), floats, others,
                           mask_consts)
+  d_float_arrays = floats if st.differentiate_floats else []
   rows_all = lambda d: pl.BlockSpec((None, g, t_pad, d), lambda b, k, j: (b, k, 0, 0))
   stats_all = pl.BlockSpec((None, g, t_pad), lambda b, k, j: (b, k, 0))
   cols = lambda d: pl.BlockSpec((None, None, bk, d), lambda b, k, j: (b, k, j, 0))
@@ -188,11 +222,11 @@ def _attend_bwd(static, residuals, cotangents):
       grid=(batch, kv_heads, s_pad // bk),
       in_specs=[*specs, rows_all(dim), rows_all(vdim), stats_all, stats_all, cols(dim),
                 cols(vdim)],
-      out_specs=[cols(dim), cols(vdim), *(partial(x) for x in floats)],
+      out_specs=[cols(dim), cols(vdim), *(partial(x) for x in d_float_arrays)],
       out_shape=[jax.ShapeDtypeStruct(k_t.shape, F32), jax.ShapeDtypeStruct(v_t.shape, F32),
                  *(jax.ShapeDtypeStruct((batch, kv_heads, s_pad // bk, *x.shape), F32)
-                   for x in floats)],
-      interpret=interpret,
+                   for x in d_float_arrays)],
+      interpret=interpret, compiler_params=_compiler_params(interpret),
   )(*arrays, q_t, d_out, lse, delta, k_t, v_t)
 
   arrays, specs = _shared((plan.kind, plan.fwd_count, plan.fwd_order), floats, others,
@@ -206,16 +240,19 @@ def _attend_bwd(static, residuals, cotangents):
       in_specs=[*specs, rows(dim), rows(vdim), stats, stats, keys_all(dim), keys_all(vdim)],
       out_specs=rows(dim),
       out_shape=jax.ShapeDtypeStruct(q_t.shape, F32),
-      interpret=interpret,
+      interpret=interpret, compiler_params=_compiler_params(interpret),
   )(*arrays, q_t, d_out, lse, delta, k_t, v_t)
   # The per-program partial sums, reduced in a fixed order: deterministic.
-  d_floats = [jnp.sum(d, axis=(0, 1, 2)).astype(x.dtype) for d, x in zip(d_floats, floats,
-                                                                          strict=True)]
+  if st.differentiate_floats:
+    d_floats = [jnp.sum(d, axis=(0, 1, 2)).astype(x.dtype) for d, x in zip(d_floats, floats,
+                                                                            strict=True)]
+  else:
+    d_floats = [jnp.zeros(x.shape, x.dtype) for x in floats]
   return (dq.astype(q_t.dtype), dk.astype(k_t.dtype), dv.astype(v_t.dtype), None, d_floats,
           None, None)
 
 
-_attend.defvjp(_attend_fwd, _attend_bwd)
+_attend.defvjp(_attend_fwd, _attend_bwd, symbolic_zeros=True)
 
 
 def unsupported_reason() -> str | None:

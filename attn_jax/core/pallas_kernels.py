@@ -42,6 +42,7 @@ class Static(NamedTuple):
   num_mask_consts: int
   plan_per_batch: bool  # KernelPlan's Bs = B (else 1)
   plan_per_head: bool  # KernelPlan's Ks = K (else 1)
+  differentiate_floats: bool = False  # some score-mod float array is differentiated
 
 
 class Refs(NamedTuple):
@@ -67,6 +68,11 @@ def _plan_index(st: Static, b, k):
   return (b if st.plan_per_batch else 0), (k if st.plan_per_head else 0)
 
 
+def _any(x, axis: int):
+  # max over int32, not jnp.any: Triton has no boolean reduction.
+  return jnp.max(x.astype(jnp.int32), axis=axis) > 0
+
+
 def _load(refs) -> list:
   return [r[...] for r in refs]
 
@@ -74,33 +80,36 @@ def _load(refs) -> list:
 class Tile:
   """One block pair (i, j) of one query head: index tiles, mask, logits and their VJP."""
 
-  def __init__(self, st: Static, refs: Refs, b, h, i, j, masked: bool):
+  def __init__(self, st: Static, refs: Refs, b, h, i, j, masked: bool, float_values=None):
+    """``float_values``: the score mod's float arrays as values (differentiated), else refs."""
     self.st = st
     rows = lax.broadcasted_iota(jnp.int32, (st.block_q, 1), 0)
     cols = lax.broadcasted_iota(jnp.int32, (1, st.block_k), 1)
     q_idx, kv_idx = i * st.block_q + rows, j * st.block_k + cols
     # The mods see real positions only: padding (masked below) is clamped onto the last one.
     self.index = (b, h, jnp.minimum(q_idx, st.q_len - 1), jnp.minimum(kv_idx, st.kv_len - 1))
-    self.score_floats = _load(refs.score_floats)
-    self.score_others = _load(refs.score_others)
+    # The mods read their arrays from the refs (point lookups become loads at index tiles).
+    self.score_floats = refs.score_floats if float_values is None else float_values
+    self.floats_are_values = float_values is not None
+    self.score_others = refs.score_others
     self.allowed = None
     if masked:
       ok = (q_idx < st.q_len) & (kv_idx < st.kv_len)
       if st.mask_mod is not None:
-        ok = ok & st.mask_mod([], _load(refs.mask_consts), *self.index)
+        ok = ok & st.mask_mod([], refs.mask_consts, *self.index, from_refs=True)
       self.allowed = jnp.broadcast_to(ok, (st.block_q, st.block_k))
 
   def clean_rows(self, x):
     """Query-side tile [bq, ...] with the rows that see no key of this block zeroed."""
     if self.allowed is None:
       return x
-    return jnp.where(jnp.any(self.allowed, axis=1)[:, None], x, jnp.zeros((), x.dtype))
+    return jnp.where(_any(self.allowed, axis=1)[:, None], x, jnp.zeros((), x.dtype))
 
   def clean_cols(self, x):
     """Key-side tile [bk, ...] with the keys no query of this block sees zeroed."""
     if self.allowed is None:
       return x
-    return jnp.where(jnp.any(self.allowed, axis=0)[:, None], x, jnp.zeros((), x.dtype))
+    return jnp.where(_any(self.allowed, axis=0)[:, None], x, jnp.zeros((), x.dtype))
 
   def logits(self, q, k, with_vjp: bool = False):
     """Masked logits [bq, bk] (float32); with ``with_vjp`` also d_logits -> (d_scores, d_floats),
@@ -109,16 +118,27 @@ class Tile:
     s = jnp.dot(q, k.T, preferred_element_type=F32) * st.scale
     vjp = None
     if st.score_mod is not None:
-      def modded(x, floats):
+      values = self.floats_are_values
+      record = {}
+
+      def modded(x, floats, seed=None):
         if self.allowed is not None:  # a masked logit (garbage, 1e30) never reaches the mod
           x = jnp.where(self.allowed, x, 0.0)
-        out = st.score_mod(floats, self.score_others, x, *self.index)
+        out = st.score_mod(floats, self.score_others, x, *self.index, from_refs=True,
+                           floats_are_values=values, seed=seed,
+                           record=None if seed is not None else record)
         return jnp.broadcast_to(out, x.shape).astype(F32)
 
-      if with_vjp:
-        s, vjp = jax.vjp(modded, s, self.score_floats)
-      else:
+      if not with_vjp:
         s = modded(s, self.score_floats)
+      else:
+        # The loads from refs happen here, outside the autodiff trace; vjp reuses them.
+        modded(s, self.score_floats)
+        if values:
+          s, vjp = jax.vjp(lambda x, floats: modded(x, floats, record), s, self.score_floats)
+        else:
+          s, score_vjp = jax.vjp(lambda x: modded(x, self.score_floats, record), s)
+          vjp = lambda d: (score_vjp(d)[0], [])
     if self.allowed is not None:  # `where`, not an additive mask: NaN and 1e30 are dropped
       s = jnp.where(self.allowed, s, -jnp.inf)
     if not with_vjp:
@@ -184,12 +204,13 @@ def dkdv_kernel(st: Static, *refs):
   pb, pk = _plan_index(st, b, kh)
   groups, bq = st.groups, st.block_q
   k, v = k_ref[...], v_ref[...]
+  float_values = _load(shared.score_floats) if st.differentiate_floats else None
 
   def body(i, masked, carry):
     dk, dv, dfloats = carry
     rows = pl.ds(i * bq, bq)
     for g in range(groups):
-      tile = Tile(st, shared, b, kh * groups + g, i, j, masked)
+      tile = Tile(st, shared, b, kh * groups + g, i, j, masked, float_values)
       q, do = tile.clean_rows(q_ref[g, rows, :]), tile.clean_rows(do_ref[g, rows, :])
       k_g, v_g = tile.clean_cols(k), tile.clean_cols(v)
       logits, vjp = tile.logits(q, k_g, with_vjp=True)
@@ -199,8 +220,9 @@ def dkdv_kernel(st: Static, *refs):
       d_scores, d_floats = vjp(p * (dp - delta_ref[g, rows][:, None]))
       d_scaled = (d_scores * st.scale).astype(q.dtype)
       dk = dk + jnp.dot(d_scaled.T, q, preferred_element_type=F32)
-      dfloats = [a + d.reshape(a.shape).astype(F32) for a, d in zip(dfloats, d_floats,
-                                                                    strict=True)]
+      if st.differentiate_floats:
+        dfloats = [a + d.reshape(a.shape).astype(F32) for a, d in zip(dfloats, d_floats,
+                                                                      strict=True)]
     return dk, dv, dfloats
 
   init = (jnp.zeros(dk_ref.shape, F32), jnp.zeros(dv_ref.shape, F32),

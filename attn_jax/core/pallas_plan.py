@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jex_core
 
 from attn_jax.core import block_mask
 from attn_jax.core.block_mask import EMPTY, FULL, PARTIAL, Layout, Terms
@@ -90,18 +91,131 @@ def plan_for_call(batch: int, q_len: int, kv_len: int, kv_heads: int, groups: in
 
 
 class Converted(NamedTuple):
-  """A mod as a jaxpr over (float arrays, other arrays, *args): see `convert`."""
+  """A mod as a jaxpr over (float arrays, other arrays, *args): see `convert`.
+
+  Called with arrays (values), it is the mod. Called with kernel refs (``from_refs=True``), the
+  arrays stay in memory and every point lookup ``x[i, j]`` of one becomes a load of the ref at
+  index tiles, which the Triton lowering has (it has no gather): see `_eval_with_refs`.
+  """
 
   jaxpr: Any  # the mod's jaxpr (a static setting of the kernel)
   is_float: tuple[bool, ...]  # which arrays are differentiated
   shapes: tuple[tuple[int, ...], ...]
   dtypes: tuple[Any, ...]
 
-  def __call__(self, floats, others, *args):
+  def _consts(self, floats, others):
     floats, others = iter(floats), iter(others)
-    consts = [(next(floats) if f else next(others)).reshape(s).astype(d)
-              for f, s, d in zip(self.is_float, self.shapes, self.dtypes, strict=True)]
+    return [next(floats) if f else next(others) for f in self.is_float]
+
+  def __call__(self, floats, others, *args, from_refs: bool = False,
+               floats_are_values: bool = False, seed=None, record=None):
+    """``from_refs``: the arrays are kernel refs (the floats values instead with
+    ``floats_are_values``). ``record``: a dict that receives every value loaded from a ref;
+    ``seed``: such a dict, whose values are used instead of loading again (so that the loads can
+    happen outside an autodiff trace, which cannot read refs it closes over)."""
+    consts = self._consts(floats, others)
+    if from_refs:
+      is_ref = [not (f and floats_are_values) for f in self.is_float]
+      return _eval_with_refs(self, consts, args, is_ref, seed, record)
+    consts = [c.reshape(s).astype(d) for c, s, d in zip(consts, self.shapes, self.dtypes,
+                                                         strict=True)]
     return jax.core.eval_jaxpr(self.jaxpr, consts, *args)[0]
+
+
+def indexes_floats(conv: Converted | None) -> bool:
+  """Whether the mod indexes one of its float arrays (a gather, whose gradient is a scatter)."""
+  if conv is None:
+    return False
+  floats = {v for v, f in zip(conv.jaxpr.constvars, conv.is_float, strict=True) if f}
+  return any(eqn.primitive.name in ("gather", "dynamic_slice") and eqn.invars[0] in floats
+             for eqn in conv.jaxpr.eqns if eqn.invars and isinstance(eqn.invars[0], jex_core.Var))
+
+
+def _trailing_one_source(jaxpr_producers, var):
+  """The array a [..., 1] index component was broadcast from (jnp's indexing adds the axis)."""
+  eqn = jaxpr_producers.get(var) if isinstance(var, jex_core.Var) else None
+  if (eqn is not None and eqn.primitive.name == "broadcast_in_dim"
+      and eqn.params["shape"][:-1] == tuple(eqn.invars[0].aval.shape)
+      and eqn.params["broadcast_dimensions"] == tuple(range(len(eqn.params["shape"]) - 1))):
+    return eqn.invars[0], False
+  return var, True
+
+
+def _eval_with_refs(conv: Converted, refs, args, is_ref, seed, record):
+  """Evaluates the mod's jaxpr with its arrays as refs, on demand from the output (so that the
+  index concatenations feeding a point lookup are never built: Triton has no concatenate)."""
+  jaxpr = conv.jaxpr
+  producers = {v: eqn for eqn in jaxpr.eqns for v in eqn.outvars}
+  ref_of = {v: (r, shape, dtype) for v, r, shape, dtype, ref in zip(
+      jaxpr.constvars, refs, conv.shapes, conv.dtypes, is_ref, strict=True)}
+  loads = {v for v, ref in zip(jaxpr.constvars, is_ref, strict=True) if ref}
+  env = dict(seed or {})
+  env.update(zip(jaxpr.invars, args, strict=True))
+
+  def read(v):
+    if isinstance(v, jex_core.Literal):
+      return v.val
+    if v not in env:
+      if v in ref_of:  # used as a whole: load it
+        ref, shape, dtype = ref_of[v]
+        env[v] = ref[...].reshape(shape).astype(dtype)
+        if record is not None and v in loads:
+          record[v] = env[v]
+      else:
+        compute(producers[v])
+    return env[v]
+
+  def point_indices(eqn):
+    """The per-axis index arrays of a point lookup (gather / dynamic_slice), or None."""
+    name, operand = eqn.primitive.name, eqn.invars[0]
+    shape = tuple(operand.aval.shape)
+    if name == "dynamic_slice" and all(s == 1 for s in eqn.params["slice_sizes"]):
+      return [read(i) for i in eqn.invars[1:]]
+    if name != "gather":
+      return None
+    dims = eqn.params["dimension_numbers"]
+    if (dims.offset_dims or dims.operand_batching_dims
+        or tuple(sorted(dims.collapsed_slice_dims)) != tuple(range(len(shape)))
+        or sorted(dims.start_index_map) != list(range(len(shape)))):
+      return None
+    concat = producers.get(eqn.invars[1]) if isinstance(eqn.invars[1], jex_core.Var) else None
+    if len(shape) == 1:
+      parts = [eqn.invars[1]]
+    elif concat is not None and concat.primitive.name == "concatenate" and all(
+        x.aval.shape[-1] == 1 for x in concat.invars):
+      parts = list(concat.invars)
+    else:
+      return None
+    components = []
+    for part in parts:
+      source, squeeze = _trailing_one_source(producers, part)
+      value = read(source)
+      components.append(value.reshape(value.shape[:-1]) if squeeze else value)
+    by_axis = dict(zip(dims.start_index_map, components, strict=True))
+    return [by_axis[a] for a in range(len(shape))]
+
+  def compute(eqn):
+    operand = eqn.invars[0] if eqn.invars else None
+    is_array = isinstance(operand, jex_core.Var) and operand in loads and ref_of[operand][1]
+    index = point_indices(eqn) if is_array else None
+    if index is not None:
+      ref, _, dtype = ref_of[operand]
+      out_shape = tuple(eqn.outvars[0].aval.shape)
+      if eqn.primitive.name == "dynamic_slice":
+        outs = [ref[tuple(index)].reshape(out_shape).astype(dtype)]
+      else:
+        shape = jnp.broadcast_shapes(*(jnp.shape(i) for i in index))
+        loaded = ref[tuple(jnp.broadcast_to(i, shape) for i in index)]
+        outs = [loaded.reshape(out_shape).astype(dtype)]
+      if record is not None:
+        record[eqn.outvars[0]] = outs[0]
+    else:
+      params = eqn.primitive.get_bind_params(eqn.params)
+      outs = eqn.primitive.bind(*(read(x) for x in eqn.invars), **params)
+      outs = outs if eqn.primitive.multiple_results else [outs]
+    env.update(zip(eqn.outvars, outs, strict=True))
+
+  return read(jaxpr.outvars[0])
 
 
 def convert(fn: Callable, *example_args, differentiate: bool = True
