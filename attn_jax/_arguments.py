@@ -14,7 +14,7 @@ from attn_jax.core import mods
 
 Array = jax.Array
 #: The implementations `attn_jax.dot_product_attention` can be asked for by name.
-IMPLEMENTATIONS = ("reference", "xla", "cudnn", "chunked", "pallas")
+IMPLEMENTATIONS = ("reference", "xla", "cudnn", "chunked", "pallas", "splash")
 
 
 class Arguments(NamedTuple):

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 
 from attn_jax._arguments import IMPLEMENTATIONS as IMPLEMENTATIONS  # re-exported
 from attn_jax._arguments import Arguments, validate
-from attn_jax.core import batched, chunked, cudnn, masks, mods, pallas_attention, scores
+from attn_jax.core import batched, chunked, cudnn, masks, mods, pallas_attention, scores, splash
 
 Array = jax.Array
-Implementation = Literal["reference", "xla", "cudnn", "chunked", "pallas"]
+Implementation = Literal["reference", "xla", "cudnn", "chunked", "pallas", "splash"]
 SCORES = scores.PARAMETER_FREE  # the scores taken by name here (weighted ones: the modules)
 
 # The default dispatch, after cuDNN (where it applies, see `cudnn.unsupported_reason`):
@@ -110,6 +110,12 @@ def _resolve(implementation, args: Arguments) -> str:
     reason = pallas_attention.unsupported_reason()
     if reason is not None:
       raise ValueError(f"implementation='pallas' cannot serve these arguments: {reason}")
+  if implementation == "splash":  # by name only until a TPU measurement says more
+    reason = splash.unsupported_reason(
+        args.query, args.key, score=args.score, bias=args.bias, mask=args.mask,
+        has_seq_lengths=args.has_seq_lengths, score_mod=args.score_mod, mask_mod=args.mask_mod)
+    if reason is not None:
+      raise ValueError(f"implementation='splash' cannot serve these arguments: {reason}")
   return implementation
 
 
@@ -187,6 +193,9 @@ def dot_product_attention(
         is_causal=args.is_causal, query_seq_lengths=args.query_seq_lengths,
         key_value_seq_lengths=args.key_value_seq_lengths,
         local_window_size=args.local_window_size, score_mod=score_mod, mask_mod=mask_mod)
+  elif chosen == "splash":
+    out = splash.splash_attention(q, k, args.value, scale=float(scale), is_causal=args.is_causal,
+                                  local_window_size=args.local_window_size, mask_mod=mask_mod)
   elif chosen == "chunked":
     out = chunked.attend(
         q, k, args.value, bias=args.bias, mask=args.mask, scale=float(scale),
