@@ -129,8 +129,9 @@ def splash_attention(query: Array, key: Array, value: Array, *, scale: float,
   else:
     # One multi-query kernel per key/value head, over its G query heads.
     q = q.reshape(batch, kv_heads, groups, q_len, head_dim)
-    outs = [jax.vmap(make(_multi_head_mask(heads[i * groups:(i + 1) * groups])))(q[:, i], k[:, i], v[:, i])
-            for i in range(kv_heads)]
+    kernels = [make(_multi_head_mask(heads[i * groups:(i + 1) * groups]))
+               for i in range(kv_heads)]
+    outs = [jax.vmap(kernel)(q[:, i], k[:, i], v[:, i]) for i, kernel in enumerate(kernels)]
     out = jnp.stack(outs, axis=1).reshape(batch, num_heads, q_len, -1)
   out = jnp.where(jnp.asarray(rows_seen)[None, :, :, None], out, jnp.zeros((), out.dtype))
   return jnp.swapaxes(out, 1, 2).astype(query.dtype)
