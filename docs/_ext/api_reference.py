@@ -16,18 +16,15 @@
   argument, a word set in code) is shown as code.
 """
 
-import ast
 import builtins
 import functools
 import importlib
 import inspect
 import re
-import types
-from pathlib import Path
 
 from docutils import nodes
 from docutils.parsers.rst.states import RSTStateMachine, state_classes
-from sphinx.ext.autosummary.generate import find_autosummary_in_files
+from public_api import API_INDEX, api_modules, kind_of, public_names
 from sphinx.util import logging
 from sphinx.util.docutils import NullReporter, new_document
 from sphinx.util.inspect import stringify_signature
@@ -35,63 +32,9 @@ from sphinx.util.nodes import make_refnode
 
 logger = logging.getLogger(__name__)
 
-API_INDEX = "api/index.md"
 PACKAGE = "attn_jax"
 KIND_ORDER = ("function", "class", "exception", "data", "module")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-
-
-def api_modules(srcdir) -> list[str]:
-  """The modules docs/api/index.md lists, in order."""
-  return [entry.name for entry in find_autosummary_in_files([str(Path(srcdir) / API_INDEX)])]
-
-
-def _defined_names(module: types.ModuleType) -> list[str]:
-  """Top-level names a module's own source defines (def, class, assignment), in source order."""
-  try:
-    tree = ast.parse(inspect.getsource(module))
-  except (OSError, TypeError):
-    return []
-  names = []
-  for node in tree.body:
-    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-      names.append(node.name)
-    elif isinstance(node, ast.Assign):
-      names += [t.id for t in node.targets if isinstance(t, ast.Name)]
-    elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-      names.append(node.target.id)
-  return names
-
-
-def public_names(module: types.ModuleType) -> list[str]:
-  """``__all__``, or the public functions, classes and constants the module defines.
-
-  Assignments of a class or a module (``Array = jax.Array``) are local aliases, not API.
-  """
-  if hasattr(module, "__all__"):
-    return list(module.__all__)
-  names = []
-  for name in _defined_names(module):
-    if name.startswith("_") or name in names or not hasattr(module, name):
-      continue
-    value = getattr(module, name)
-    if inspect.ismodule(value):
-      continue
-    defined_elsewhere = getattr(value, "__module__", None) != module.__name__
-    if (inspect.isclass(value) or inspect.isfunction(value)) and defined_elsewhere:
-      continue  # an alias of something defined elsewhere
-    names.append(name)
-  return names
-
-
-def kind_of(value) -> str:
-  if inspect.ismodule(value):
-    return "module"
-  if inspect.isclass(value):
-    return "exception" if issubclass(value, BaseException) else "class"
-  if inspect.isfunction(value) or inspect.isbuiltin(value):
-    return "function"
-  return "data"
 
 
 @functools.cache
