@@ -115,10 +115,16 @@ def _resolve(implementation, args: Arguments) -> str:
   if implementation == "splash":  # by name only until a TPU measurement says more
     reason = splash.unsupported_reason(
         args.query, args.key, score=args.score, bias=args.bias, mask=args.mask,
-        has_seq_lengths=args.has_seq_lengths, score_mod=args.score_mod, mask_mod=args.mask_mod)
+        has_seq_lengths=args.has_seq_lengths, score_mod=args.score_mod, mask_mod=_all_mods(args))
     if reason is not None:
       raise ValueError(f"implementation='splash' cannot serve these arguments: {reason}")
   return implementation
+
+
+def _all_mods(args: Arguments):
+  """The mask_mod and the block mask's mod as one mask_mod (or None)."""
+  return mods.and_masks(args.mask_mod,
+                        None if args.block_mask is None else args.block_mask.mask_mod)
 
 
 def select_implementation(
@@ -198,10 +204,12 @@ def dot_product_attention(
         q, k, args.value, bias=args.bias, mask=args.mask, scale=float(scale),
         is_causal=args.is_causal, query_seq_lengths=args.query_seq_lengths,
         key_value_seq_lengths=args.key_value_seq_lengths,
-        local_window_size=args.local_window_size, score_mod=score_mod, mask_mod=mask_mod)
+        local_window_size=args.local_window_size, score_mod=score_mod, mask_mod=mask_mod,
+        block_mask=block_mask)
   elif chosen == "splash":
     out = splash.splash_attention(q, k, args.value, scale=float(scale), is_causal=args.is_causal,
-                                  local_window_size=args.local_window_size, mask_mod=mask_mod)
+                                  local_window_size=args.local_window_size,
+                                  mask_mod=_all_mods(args))
   elif chosen == "chunked":
     out = chunked.attend(
         q, k, args.value, bias=args.bias, mask=args.mask, scale=float(scale),

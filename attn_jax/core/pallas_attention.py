@@ -50,14 +50,17 @@ def pallas_attention(
     query_seq_lengths: Array | None = None, key_value_seq_lengths: Array | None = None,
     local_window_size: tuple[int, int] | None = None, score_mod: Callable | None = None,
     mask_mod: Callable | None = None, sinks: Array | None = None, return_residual: bool = False,
-    block_q: int | None = None, block_k: int | None = None, interpret: bool | None = None,
+    block_mask=None, block_q: int | None = None, block_k: int | None = None,
+    interpret: bool | None = None,
 ) -> Array | tuple[Array, Array]:
   """Attention through the Pallas kernels; the numbers of `attn_jax.dot_product_attention`.
 
   query [B, T, N, H]; key, value [B, S, K, H], N a multiple of K. bias (float) and mask (bool):
   4-D broadcastable to [B, N, T, S]. query_seq_lengths / key_value_seq_lengths: int32 [B].
   local_window_size: (left, right). score_mod / mask_mod: see `attn_jax.core.mods`. sinks: float
-  [N]. block_q / block_k: None for the defaults; interpret: None for "on CPU".
+  [N]. block_mask: a `attn_jax.create_block_mask` value; when it is the only mask term its plan
+  and blocks are used as they are, else its mod joins the others in a plan made for this call.
+  block_q / block_k: None for the defaults; interpret: None for "on CPU".
   Returns [B, T, N, H] in the query's dtype, and with ``return_residual`` also the log-sum-exp
   [B, T, N] (float32, -inf for a row that sees no key and no sink).
 
@@ -73,6 +76,14 @@ def pallas_attention(
   groups = num_heads // kv_heads
   on_cpu = jax.default_backend() == "cpu"
   interpret = on_cpu if interpret is None else interpret
+  only_block_mask = block_mask is not None and not is_causal and all(
+      x is None for x in (local_window_size, query_seq_lengths, key_value_seq_lengths, mask,
+                          mask_mod))
+  if only_block_mask and (on_cpu or all(_is_tile(b) for b in (block_mask.block_q,
+                                                               block_mask.block_k))):
+    block_q, block_k = block_mask.block_q, block_mask.block_k  # walk its plan as it is
+  else:
+    only_block_mask = False
   bq = _block(q_len, block_q or (CPU_BLOCK if on_cpu else GPU_BLOCK_Q), power_of_two=not on_cpu)
   bk = _block(kv_len, block_k or (CPU_BLOCK if on_cpu else GPU_BLOCK_K), power_of_two=not on_cpu)
   nq, nk = -(-q_len // bq), -(-kv_len // bk)
@@ -82,11 +93,12 @@ def pallas_attention(
     lengths = mods.padding(query_seq_lengths, key_value_seq_lengths)
   all_masks = mods.and_masks(mods.causal() if is_causal else None, window, lengths,
                              None if mask is None else pallas_plan.lookup_mod(mask, score=False),
-                             mask_mod)
+                             mask_mod, None if block_mask is None else block_mask.mask_mod)
   all_scores = mods.compose(None if bias is None else pallas_plan.lookup_mod(bias, score=True),
                             score_mod)
   plan = pallas_plan.plan_for_call(batch, q_len, kv_len, kv_heads, groups, block_q=bq,
-                                   block_k=bk, mask_mod=all_masks)
+                                   block_k=bk, mask_mod=all_masks,
+                                   block_mask=block_mask if only_block_mask else None)
 
   index = (jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32),
            jax.ShapeDtypeStruct((bq, 1), jnp.int32), jax.ShapeDtypeStruct((1, bk), jnp.int32))
@@ -122,6 +134,11 @@ def pallas_attention(
   if return_residual:
     return out, jnp.swapaxes(lse[:, :, :q_len], 1, 2)
   return out
+
+
+def _is_tile(block: int) -> bool:
+  """A block size Triton takes: a power of two, at least 16."""
+  return block >= 16 and block & (block - 1) == 0
 
 
 def _block(size: int, want: int, *, power_of_two: bool) -> int:

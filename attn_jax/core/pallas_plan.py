@@ -5,7 +5,8 @@ row and key/value head (size 1 where the mask does not depend on them), the kind
 (`block_mask.EMPTY` / PARTIAL / FULL) and the two visiting orders: the key blocks each query block
 visits (forward and dQ) and the query blocks each key block visits (dK / dV). `from_block_kinds` is
 the one adapter from a block classification to those lists; `plan_for_call` feeds it from
-`attn_jax.core.block_mask` (an exact summary of every mask term, static where it can be).
+`attn_jax.create_block_mask` (an exact plan of every mask term, in numpy where it can be), or
+takes a ready `BlockMask`'s kinds.
 
 A mod runs inside the kernel on index tiles, but a kernel cannot close over arrays: `convert`
 traces the mod once at the tile shapes and returns its jaxpr and the arrays it closes over, which
@@ -20,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-from attn_jax.core import block_mask
-from attn_jax.core.block_mask import EMPTY, FULL, PARTIAL, Layout, Terms
+from attn_jax.core import block_mask as block_mask_lib
+from attn_jax.core.block_mask import EMPTY, FULL, PARTIAL
 
 Array = jax.Array
 
@@ -72,21 +73,28 @@ def from_block_kinds(kind, num_kv_heads: int, *, q_len: int, kv_len: int, block_
 
 
 def plan_for_call(batch: int, q_len: int, kv_len: int, kv_heads: int, groups: int, *,
-                  block_q: int, block_k: int, mask_mod: Callable | None) -> KernelPlan:
-  """The exact block plan of a call, from `block_mask.summarize`.
+                  block_q: int, block_k: int, mask_mod: Callable | None,
+                  block_mask=None) -> KernelPlan:
+  """The exact block plan of a call.
 
   ``mask_mod`` is every mask term of the call as one mod (causal, window, lengths, a dense mask,
-  the user's mod: see `attn_jax.core.mods`). Numpy when it closes over concrete values only;
-  computed on device otherwise (traced lengths, masks or segment ids).
+  the user's mod: see `attn_jax.core.mods`), planned by `attn_jax.create_block_mask` (in numpy
+  when it closes over concrete values only, on device otherwise). ``block_mask``: a
+  `attn_jax.core.block_mask.BlockMask` of these blocks that is the call's only mask term: its
+  kinds are used as they are (planned once, where it was created).
   """
-  layout = Layout(q_len=q_len, kv_len=kv_len, block_q=block_q, block_k=block_k,
-                  kv_heads=kv_heads, groups=groups, is_causal=False, window=None)
-  if block_mask.is_static(mask_mod, batch, layout):
-    kind = block_mask.static_summary(layout, batch, mask_mod).kind
+  if block_mask is not None:
+    kind = block_mask.kind
+    if kind.shape[0] not in (1, batch):
+      raise ValueError(f"block_mask is for batch {kind.shape[0]}; the call has {batch}")
+  elif mask_mod is None:
+    nq, nk = -(-q_len // block_q), -(-kv_len // block_k)
+    kind = np.full((1, 1, nq, nk), FULL, np.int32)
   else:
-    terms = Terms(None, None, None, jnp.arange(batch, dtype=jnp.int32))
-    kind = block_mask.summarize(layout, terms, mask_mod, dynamic=True).kind
-  return from_block_kinds(kind[:, None], kv_heads, q_len=q_len, kv_len=kv_len, block_q=block_q,
+    made = block_mask_lib.create_block_mask(mask_mod, batch, kv_heads * groups, q_len, kv_len,
+                                            block_q=block_q, block_k=block_k)
+    kind = made.kind
+  return from_block_kinds(kind, kv_heads, q_len=q_len, kv_len=kv_len, block_q=block_q,
                           block_k=block_k)
 
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attn_jax.core import block_mask, mods
+from attn_jax.core import mods
 
 Array = jax.Array
 
@@ -45,11 +45,11 @@ def unsupported_reason(query, key, *, score: str, bias, mask, has_seq_lengths: b
   if q_len % BLOCK or kv_len % BLOCK:
     return f"splash needs lengths that are multiples of {BLOCK}; got {q_len} and {kv_len}"
   if mask_mod is not None:
-    layout = block_mask.Layout(q_len, kv_len, BLOCK, BLOCK, key.shape[2],
-                               num_heads // key.shape[2], False, None)
-    if not block_mask.is_static(mask_mod, batch, layout):
+    with jax.ensure_compile_time_eval():
+      dense = mods.dense_mask(mask_mod, batch, num_heads, q_len, kv_len)
+    if isinstance(dense, jax.core.Tracer):
       return "splash needs a mask_mod over concrete values (it closes over a traced array)"
-    if _dense(mask_mod, batch, num_heads, q_len, kv_len).shape[0] > 1:
+    if dense.shape[0] > 1:
       return "splash's mask is shared by the batch; this mask_mod depends on the batch index"
   return None
 

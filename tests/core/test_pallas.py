@@ -235,3 +235,12 @@ def test_default_never_picks_pallas_and_other_backends_refuse(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
   with pytest.raises(ValueError, match="pallas.*TPU|pallas.*tpu"):
     attn_jax.select_implementation(q, k, v, implementation="pallas")
+
+
+def test_block_mask_values_walked_as_they_are_and_combined():
+  q, k, v, d_out = _inputs()
+  segments = jnp.array([[0] * 20 + [1] * 30 + [2] * 14, [0] * 40 + [1] * 24])
+  bm = attn_jax.create_block_mask(mods.document(segments), B, None, T, T, block_q=16,
+                                  block_k=16)
+  _check(q, k, v, d_out, block_mask=bm)  # its own plan and blocks
+  _check(q, k, v, d_out, block_mask=bm, is_causal=True)  # joined with causal: a new plan
