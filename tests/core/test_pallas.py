@@ -5,6 +5,8 @@ several blocks and the plan has EMPTY, PARTIAL and FULL ones. Outputs and gradie
 query, key, value and every float array a mod closes over.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -244,3 +246,24 @@ def test_block_mask_values_walked_as_they_are_and_combined():
                                   block_k=16)
   _check(q, k, v, d_out, block_mask=bm)  # its own plan and blocks
   _check(q, k, v, d_out, block_mask=bm, is_causal=True)  # joined with causal: a new plan
+
+
+def test_rows_a_score_mod_sends_to_minus_inf_give_zeros_and_a_scalar_mask_mod_broadcasts():
+  q, k, v, d_out = _inputs(t=32, s=32)
+  kill_rows = lambda s, b, h, q_idx, kv_idx: jnp.where(q_idx < 5, -jnp.inf, s)
+  everywhere = lambda b, h, q_idx, kv_idx: jnp.asarray(True)  # a 0-d mask_mod
+
+  def loss(q, k, v, **kwargs):
+    out = attn_jax.dot_product_attention(q, k, v, **kwargs)
+    return jnp.sum(out * d_out), out
+
+  grad = lambda **kw: jax.jit(jax.grad(functools.partial(loss, **kw), argnums=(0, 1, 2),
+                                       has_aux=True))(q, k, v)
+  grads, out = grad(implementation="pallas", score_mod=kill_rows, mask_mod=everywhere)
+  want_grads, want = grad(implementation="reference",
+                          mask_mod=lambda b, h, q_idx, kv_idx: q_idx >= 5)
+  np.testing.assert_array_equal(out[:, :5], 0.0)
+  np.testing.assert_allclose(out, want, atol=1e-5)
+  for g, w in zip(grads, want_grads, strict=True):
+    assert bool(jnp.all(jnp.isfinite(g)))
+    np.testing.assert_allclose(g, w, atol=1e-4)
