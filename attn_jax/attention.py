@@ -169,7 +169,8 @@ def dot_product_attention(
       applies, else XLA, or chunked for large T * S), "reference" (the single-head definition,
       vmapped), "xla", "cudnn", "chunked" (memory-efficient: no [T, S] matrix held at once) or
       "pallas" (the chunked semantics as a Pallas kernel: compiled on a GPU, interpreted on
-      CPU, for tests; never picked by default). A requested implementation that cannot serve
+      CPU, for tests; never picked by default) or "splash" (jax's TPU splash attention, for
+      masks known at trace time; by name only). A requested implementation that cannot serve
       the arguments raises ValueError.
     score_mod: ``score_mod(score, b, h, q_idx, kv_idx) -> score`` on the float32 logit
       (``scale * q . k``, plus ``bias``), before masking and the softmax.
