@@ -74,18 +74,18 @@ def pallas_attention(
   batch, q_len, num_heads, head_dim = query.shape
   _, kv_len, kv_heads, value_dim = value.shape
   groups = num_heads // kv_heads
-  on_cpu = jax.default_backend() == "cpu"
-  interpret = on_cpu if interpret is None else interpret
+  interpret = jax.default_backend() == "cpu" if interpret is None else bool(interpret)
+  tiles = not interpret  # Triton: power-of-two tiles
   only_block_mask = block_mask is not None and not is_causal and all(
       x is None for x in (local_window_size, query_seq_lengths, key_value_seq_lengths, mask,
                           mask_mod))
-  if only_block_mask and (on_cpu or all(_is_tile(b) for b in (block_mask.block_q,
+  if only_block_mask and (interpret or all(_is_tile(b) for b in (block_mask.block_q,
                                                                block_mask.block_k))):
     block_q, block_k = block_mask.block_q, block_mask.block_k  # walk its plan as it is
   else:
     only_block_mask = False
-  bq = _block(q_len, block_q or (CPU_BLOCK if on_cpu else GPU_BLOCK_Q), power_of_two=not on_cpu)
-  bk = _block(kv_len, block_k or (CPU_BLOCK if on_cpu else GPU_BLOCK_K), power_of_two=not on_cpu)
+  bq = _block(q_len, block_q or (CPU_BLOCK if interpret else GPU_BLOCK_Q), power_of_two=tiles)
+  bk = _block(kv_len, block_k or (CPU_BLOCK if interpret else GPU_BLOCK_K), power_of_two=tiles)
   nq, nk = -(-q_len // bq), -(-kv_len // bk)
   window = None if local_window_size is None else mods.sliding_window(*local_window_size)
   lengths = None
@@ -117,14 +117,14 @@ def pallas_attention(
 
   # [B, T, N, H] -> [B, N, T_pad, H]; [B, S, K, H] -> [B, K, S_pad, H]. A head_dim that is not a
   # power of two is zero-padded on a GPU (Triton's tiles): q . k and the output are unchanged.
-  dim = head_dim if on_cpu else max(16, pl.next_power_of_2(head_dim))
-  vdim = value_dim if on_cpu else max(16, pl.next_power_of_2(value_dim))
+  dim = max(16, pl.next_power_of_2(head_dim)) if tiles else head_dim
+  vdim = max(16, pl.next_power_of_2(value_dim)) if tiles else value_dim
   to_heads = lambda x, length, d: jnp.pad(jnp.swapaxes(x, 1, 2), (
       (0, 0), (0, 0), (0, length - x.shape[1]), (0, d - x.shape[3])))
   q_t, k_t = to_heads(query, nq * bq, dim), to_heads(key, nk * bk, dim)
   v_t = to_heads(value, nk * bk, vdim)
   out_dtype = F32 if sinks is not None else query.dtype
-  out, lse = _attend((st, bool(interpret), out_dtype), q_t, k_t, v_t, plan, floats, others,
+  out, lse = _attend((st, interpret, out_dtype), q_t, k_t, v_t, plan, floats, others,
                      mask_consts)  # [B, N, T_pad, Hv], [B, N, T_pad]
   if sinks is not None:
     sink_lse = jnp.logaddexp(lse, jnp.asarray(sinks, F32)[None, :, None])

@@ -61,3 +61,14 @@ def test_gradient_into_an_indexed_array_is_refused_on_gpu():
 
   with pytest.raises(ValueError, match="Triton has no gather"):
     _lower(jax.grad(grads, argnums=3), Q, KV, KV, jax.ShapeDtypeStruct((N,), jnp.float32))
+
+
+def test_sizes_that_are_not_powers_of_two_lower():
+  """T = 200 (padded to whole blocks), head_dim 80 (zero-padded to 128), G = 2 of 6 heads."""
+  q = jax.ShapeDtypeStruct((1, 200, 6, 80), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((1, 200, 3, 80), jnp.bfloat16)
+  attend = lambda q, k, v: pallas_attention(q, k, v, is_causal=True, interpret=False,
+                                            mask_mod=mods.document(jnp.zeros((1, 200), int)))
+  grads = lambda q, k, v: jax.grad(lambda *a: attend(*a).astype(jnp.float32).sum(),
+                                   argnums=(0, 1, 2))(q, k, v)
+  assert _lower(grads, q, kv, kv) == 3
