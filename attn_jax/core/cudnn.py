@@ -92,13 +92,14 @@ def unsupported_reason(
     return f"cuDNN computes only the scaled dot product; got score={score!r}"
   if has_mods:
     return "cuDNN takes no score_mod or mask_mod (use 'chunked', 'xla' or 'reference')"
+  # jax.nn's cuDNN path has no attention sinks; its residual is not passed through this wrapper
+  # (fully masked rows would need their -inf), and attn_jax's dropout is its own.
   if has_sinks:
-    return "jax's cuDNN attention has no attention sinks"
-  if has_dropout:
-    return "jax's cuDNN attention has no dropout"
+    return "cuDNN (through jax.nn) has no attention sinks (use 'chunked', 'xla' or 'reference')"
   if return_residual:
-    return ("jax's cuDNN attention returns the residual (log-sum-exp) rounded to the input "
-            "dtype and without a gradient; the residual here is float32 and differentiable")
+    return "attn_jax's cuDNN path returns no residual (use 'chunked', 'xla' or 'reference')"
+  if has_dropout:
+    return "attn_jax's cuDNN path takes no dropout (use 'chunked', 'xla' or 'reference')"
   if local_window_size is not None and not is_causal and not noncausal_window_is_fixed():
     return (f"cuDNN's sliding window without is_causal attends to future tokens in this jax "
             f"({jax.__version__}; fixed by jax PR #39576, in no known release); got "
