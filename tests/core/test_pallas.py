@@ -267,3 +267,24 @@ def test_rows_a_score_mod_sends_to_minus_inf_give_zeros_and_a_scalar_mask_mod_br
   for g, w in zip(grads, want_grads, strict=True):
     assert bool(jnp.all(jnp.isfinite(g)))
     np.testing.assert_allclose(g, w, atol=1e-4)
+
+
+def test_sinks_and_residual_through_the_batched_api():
+  q, k, v, d_out = _inputs(t=32, s=48)
+  sinks = jnp.array([0.5, -1.0, 2.0, 0.0])
+  kv_lengths = jnp.array([48, 0])  # batch 1 sees no key
+
+  def run(impl):
+    def loss(q, k, v, sinks):
+      out, lse = attn_jax.dot_product_attention(
+          q, k, v, implementation=impl, sinks=sinks, return_residual=True, is_causal=True,
+          key_value_seq_lengths=kv_lengths)
+      return jnp.sum(out * d_out) + jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0.0)), (out, lse)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, sinks)
+
+  (_, (out, lse)), grads = run("pallas")
+  (_, (want, want_lse)), want_grads = run("reference")
+  np.testing.assert_allclose(out, want, atol=1e-5)
+  np.testing.assert_allclose(lse, want_lse, atol=1e-5)
+  for g, w in zip(grads, want_grads, strict=True):
+    np.testing.assert_allclose(g, w, atol=1e-4)
