@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
       "based": {"field": "key_dim", "values": (2, 4, 8)},
       "linear_attention": {"field": "key_dim", "values": (4, 16, 64)},
       "gated_linear": {"field": "key_dim", "values": (4, 16, 64)},
-      "lstm": {"field": "d_model", "values": (32, 64, 128)},
+      "lstm": {"field": "d_model", "values": (16, 32, 64)},
   })
 
   # Each model's peak learning rate: the choice of `python -m experiments.zoo_search` on the
@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The budget of every run (tasks may override it).
   config.train = ml_collections.ConfigDict()
-  config.train.num_steps = 500
+  config.train.num_steps = 300
   config.train.batch_size = 16
   config.train.warmup_steps = 20
   config.train.end_lr_fraction = 0.1
@@ -105,6 +105,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_search = ml_collections.ConfigDict()
   config.lr_search.learning_rates = (1e-3, 3e-3, 1e-2, 3e-2)
   config.lr_search.seeds = (100, 101)
-  # The search's budget: 300 of the zoo's 500 steps (its runs are the zoo's otherwise).
+  # The search's budget: the zoo's (its runs are the zoo's at the middle size and length).
   config.lr_search.num_steps = 300
   return config
