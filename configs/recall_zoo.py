@@ -27,6 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.seeds = (0, 1, 2)
   # Processes the runs are spread over.
   config.workers = 2
+  # Train nothing: write the results of the runs already finished in the workdir (an
+  # interrupted zoo).
+  config.finished_only = False
 
   # The block every model shares (attn_jax.training.MixerSpec); `sizes` overrides one field.
   config.model = ml_collections.ConfigDict()
