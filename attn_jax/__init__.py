@@ -12,10 +12,12 @@ from attn_jax.attention import (
     dot_product_attention,
     select_implementation,
 )
+from attn_jax.core.block_mask import BlockMask, create_block_mask
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "IMPLEMENTATIONS", "attention_weights", "core", "dot_product_attention", "nn",
+    "IMPLEMENTATIONS", "BlockMask", "attention_weights", "core", "create_block_mask",
+    "dot_product_attention", "nn",
     "select_implementation", "tasks",
 ]

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from attn_jax._arguments import IMPLEMENTATIONS as IMPLEMENTATIONS  # re-exported
 from attn_jax._arguments import Arguments, validate
 from attn_jax.core import batched, chunked, cudnn, masks, mods, scores
+from attn_jax.core.block_mask import BlockMask
 
 Array = jax.Array
 Implementation = Literal["reference", "xla", "cudnn", "chunked"]
@@ -72,6 +73,7 @@ def _combined_mask(args: Arguments) -> Array | None:
       if args.has_seq_lengths else None,
       None if args.mask_mod is None else mods.dense_mask(args.mask_mod, batch, num_heads, q_len,
                                                          kv_len),
+      None if args.block_mask is None else args.block_mask.to_dense(),
   )
 
 
@@ -113,7 +115,7 @@ def select_implementation(
     query, key, value, bias=None, mask=None, *, is_causal: bool = False,
     query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
     score: str = "dot", implementation: Implementation | None = None, score_mod=None,
-    mask_mod=None) -> str:
+    mask_mod=None, block_mask=None) -> str:
   """Which implementation `dot_product_attention` would run for these arguments.
 
   Takes the same arguments; returns one of ``IMPLEMENTATIONS``, or raises the ValueError the call
@@ -123,7 +125,7 @@ def select_implementation(
                   key_value_seq_lengths=key_value_seq_lengths,
                   local_window_size=local_window_size, is_causal=is_causal, score=score,
                   scores=SCORES, implementation=implementation, score_mod=score_mod,
-                  mask_mod=mask_mod)
+                  mask_mod=mask_mod, block_mask=block_mask)
   return _resolve(implementation, args)
 
 
@@ -132,7 +134,7 @@ def dot_product_attention(
     is_causal: bool = False, query_seq_lengths=None, key_value_seq_lengths=None,
     local_window_size: int | Sequence[int] | None = None, score: str = "dot",
     implementation: Implementation | None = None, score_mod: mods.ScoreMod | None = None,
-    mask_mod: mods.MaskMod | None = None) -> Array:
+    mask_mod: mods.MaskMod | None = None, block_mask: BlockMask | None = None) -> Array:
   """Multi-head attention over a batch; a drop-in for `jax.nn.dot_product_attention`.
 
   Args:
@@ -159,6 +161,10 @@ def dot_product_attention(
       elementwise jnp code, and may close over arrays; gradients flow into the float ones. The
       "chunked" implementation skips the blocks a mask_mod rules out and never holds a [T, S]
       array; "cudnn" takes no mods.
+    block_mask: a `attn_jax.create_block_mask` value for these sizes; equivalent to passing its
+      mask_mod (AND-ed with every other mask argument), with the block plan computed once where
+      it was created: "chunked" walks it as it is (given alone; with other mask arguments it
+      plans both again), "reference" and "xla" evaluate its mod on the grid; "cudnn" takes none.
 
   Returns:
     [B, T, N, H] (or [T, N, H]) in the query's dtype. Query rows that may attend no key are zeros.
@@ -168,7 +174,7 @@ def dot_product_attention(
                   key_value_seq_lengths=key_value_seq_lengths,
                   local_window_size=local_window_size, is_causal=is_causal, score=score,
                   scores=SCORES, implementation=implementation, score_mod=score_mod,
-                  mask_mod=mask_mod)
+                  mask_mod=mask_mod, block_mask=block_mask)
   chosen = _resolve(implementation, args)
   scale = _default_scale(score, args.query.shape[-1], scale)
   if chosen == "chunked":
@@ -181,7 +187,7 @@ def dot_product_attention(
         key_value_seq_lengths=args.key_value_seq_lengths,
         local_window_size=args.local_window_size, score_fn=None, score_params=None,
         params_per_head=False, score_mod=score_mod, mask_mod=mask_mod,
-        block_q=None, block_k=None)
+        block_mask=block_mask, block_q=None, block_k=None)
     out = out.astype(args.query.dtype)
   else:
     combined = _combined_mask(args)

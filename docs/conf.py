@@ -51,7 +51,7 @@ nitpicky = True
 autosummary_generate = True
 autosummary_ignore_module_all = False
 autodoc_member_order = "bysource"
-autodoc_preserve_defaults = True  # `score_fn=scaled_dot`, not `<function scaled_dot at 0x..>`
+autodoc_preserve_defaults = True  # `score_fn=dot`, not `<function dot at 0x..>`
 autodoc_typehints = "signature"
 autodoc_class_signature = "mixed"
 autoclass_content = "class"

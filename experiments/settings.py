@@ -11,11 +11,12 @@ from typing import Any
 
 from absl import logging
 
-from attn_jax.tasks import CopyMemorySpec, MqarSpec, Task, make_task
+from attn_jax.tasks import CopyMemorySpec, MqarSpec, SelectiveCopySpec, Task, make_task
 from attn_jax.training import MODEL_SPECS, Program, TrainConfig, make_model
 from attn_jax.training.sharding import MeshSpec
 
-TASK_SPECS = {"copy_memory": CopyMemorySpec, "mqar": MqarSpec}
+TASK_SPECS = {"copy_memory": CopyMemorySpec, "mqar": MqarSpec,
+              "selective_copy": SelectiveCopySpec}
 
 
 class ConfigError(ValueError):

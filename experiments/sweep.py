@@ -126,7 +126,8 @@ def _kept(path: str, key: str) -> list[dict] | None:
 def _cost(run: PlannedRun) -> float:
   task = run.settings.task()
   train = run.settings.train
-  return task.seq_len ** 2 * train.num_steps * train.batch_size * _MODEL_COST[run.model]
+  return (task.seq_len ** 2 * train.num_steps * train.batch_size
+          * _MODEL_COST.get(run.model, 1.0))
 
 
 def _describe(records: list[dict]) -> str:
@@ -183,7 +184,12 @@ def train_all(runs: list[PlannedRun], workdir: str, workers: int,
 
 
 def sweep(config, workdir: str) -> dict:
-  """Trains every run of the sweep ``config`` describes and writes the results to ``workdir``."""
+  """Trains every run of the sweep ``config`` describes and writes the results to ``workdir``
+  (the recall zoo's config: `experiments.zoo.run_zoo`)."""
+  from experiments import zoo  # noqa: PLC0415
+
+  if zoo.is_zoo(config):
+    return zoo.run_zoo(config, workdir)
   runs = plan(config)
   attention_run = next((r.name for r in runs if r.group == "copy_memory"
                         and r.model == "transformer"

@@ -26,7 +26,7 @@ Array = jax.Array
 def score_fn_for(score: str, scale: float) -> scores.ScoreFn:
   """The single-head score function for the batched API's ``score`` name and ``scale``."""
   if score == "dot":
-    return functools.partial(scores.scaled_dot, scale=scale)
+    return functools.partial(scores.dot, scale=scale)
   if score == "cosine":
     return functools.partial(scores.cosine, scale=scale)
   raise ValueError(f"score must be 'dot' or 'cosine'; got {score!r}")
@@ -58,14 +58,9 @@ def reference_attention(
                          return_weights=return_weights)
   bias, bias_axis = _batch_axis(bias)
   mask, mask_axis = _batch_axis(mask)
-  q_idx = jnp.arange(query.shape[1], dtype=jnp.int32)[:, None]  # [T, 1]
-  kv_idx = jnp.arange(key.shape[1], dtype=jnp.int32)[None, :]  # [1, S]
 
   def one_example(q, k, v, b, m, example):
-    mod = None
-    if score_mod is not None:
-      mod = lambda logits, head: score_mod(logits, example, head, q_idx, kv_idx)
-    return fn(q, k, v, params=params, bias=b, mask=m, score_mod=mod)
+    return fn(q, k, v, params=params, bias=b, mask=m, score_mod=score_mod, batch_index=example)
 
   batched = jax.vmap(one_example, in_axes=(0, 0, 0, bias_axis, mask_axis, 0))
   return batched(query, key, value, bias, mask, jnp.arange(query.shape[0], dtype=jnp.int32))

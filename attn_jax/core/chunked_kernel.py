@@ -1,6 +1,7 @@
 """The blocked attention kernel behind `attn_jax.core.chunked`: forward, backward, custom VJP.
 
-Forward: for each query block, the key blocks of its plan (`block_mask.Plan`) with the online
+Forward: for each query block, the key blocks of its walk (`Walk`, from a
+`attn_jax.core.block_mask.BlockMask`) with the online
 softmax of Rabe & Staats 2021 and FlashAttention (Dao et al. 2022): per query row a running
 maximum ``m``, denominator ``l`` and weighted sum of values, rescaled whenever ``m`` grows; only the
 output and the per-row log-sum-exp ``lse = m + log(l)`` are saved. Backward (FlashAttention-2, Dao
@@ -20,10 +21,60 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attn_jax.core import block_mask
-from attn_jax.core.block_mask import EMPTY, Layout, Plan, Terms
+from attn_jax.core import block_plan
+from attn_jax.core.block_plan import EMPTY, ModProgram
 
 Array = jax.Array
+
+
+class Layout(NamedTuple):
+  """Static sizes of one chunked call (hashable)."""
+
+  q_len: int  # T before padding
+  kv_len: int  # S before padding
+  block_q: int
+  block_k: int
+  kv_heads: int  # K
+  groups: int  # G = N // K
+
+  @property
+  def num_q_blocks(self) -> int:
+    return -(-self.q_len // self.block_q)
+
+  @property
+  def num_k_blocks(self) -> int:
+    return -(-self.kv_len // self.block_k)
+
+  @property
+  def padded_q_len(self) -> int:
+    return self.num_q_blocks * self.block_q
+
+  @property
+  def padded_kv_len(self) -> int:
+    return self.num_k_blocks * self.block_k
+
+
+class Walk(NamedTuple):
+  """The blocks one batch row (or every row alike) visits, from a block mask (int32 arrays).
+
+  kind [nQ, nK] (EMPTY, PARTIAL, FULL); forward: query block i visits key blocks
+  kv_indices[i, :kv_count[i]]; backward: key block j visits query blocks q_indices[j, :q_count[j]].
+  """
+
+  kind: Array
+  kv_count: Array
+  kv_indices: Array
+  q_count: Array
+  q_indices: Array
+
+
+class Terms(NamedTuple):
+  """The array-valued mask terms: dense bool [B|1, K|1, G|1, T_pad|1, S_pad|1] or None; the mask
+  mod's closed-over arrays; batch_index int32 [B], the batch index each row stands for."""
+
+  dense: Array | None
+  mask_consts: tuple
+  batch_index: Array
 
 
 class Config(NamedTuple):
@@ -34,8 +85,10 @@ class Config(NamedTuple):
   score_fn: Callable | None  # single-head score(q [bq, H], k [bk, H], params) -> [bq, bk]
   params_per_head: bool  # score params carry leading [K, G] axes
   score_mod: Callable | None  # (consts, score, b, h, q, kv) -> score, see `convert`
-  mask_mod: Callable | None  # (consts, b, h, q, kv) -> bool
-  fwd_steps: int
+  mask_program: ModProgram | None  # (consts, b, h, q, kv) -> bool
+  mask_batch: bool  # whether the mask depends on b (else evaluated at b = 0)
+  mask_heads: bool  # whether the mask depends on h (else at h = 0)
+  fwd_steps: int  # static trip counts: at least every kv_count / q_count of the walk
   bwd_steps: int
 
 
@@ -65,8 +118,14 @@ def block_indices(layout: Layout, batch_index: Array, i, j):
                   layout.q_len - 1)[:, None]
   kv = jnp.minimum(j * layout.block_k + jnp.arange(layout.block_k, dtype=jnp.int32),
                    layout.kv_len - 1)[None, :]
-  return (batch_index[:, None, None, None, None], block_mask.head_index(layout),
-          q[None, None, None], kv[None, None, None])
+  return (batch_index[:, None, None, None, None], head_index(layout), q[None, None, None],
+          kv[None, None, None])
+
+
+def head_index(layout: Layout) -> Array:
+  """int32 [1, K, G, 1, 1]: the query head n = k * G + g of each grouped position."""
+  heads = jnp.arange(layout.kv_heads * layout.groups, dtype=jnp.int32)
+  return heads.reshape(1, layout.kv_heads, layout.groups, 1, 1)
 
 
 def _stat_dtype(x: Array):
@@ -182,17 +241,19 @@ def _add_block(cfg: Config, total: Array, block: Array, i, j) -> Array:
   return lax.dynamic_update_slice(total, current + block, starts)
 
 
-def _allowed(cfg: Config, terms: Terms, mask_consts, i, j):
-  mask_mod = None
-  if cfg.mask_mod is not None:
-    mask_mod = lambda b, h, q, kv: cfg.mask_mod(mask_consts, b, h, q, kv)
+def _allowed(cfg: Config, terms: Terms, i, j):
+  """bool broadcastable to [B, K, G, bq, bk]: the pairs of block (i, j) that may attend."""
   lay = cfg.layout
-  return block_mask.allowed(lay, terms, mask_mod, i * lay.block_q, lay.block_q,
-                            j * lay.block_k, lay.block_k)
+  zero = jnp.zeros((1, 1, 1, 1, 1), jnp.int32)
+  b = terms.batch_index[:, None, None, None, None] if cfg.mask_batch else zero
+  h = head_index(lay) if cfg.mask_heads else zero
+  sizes = (lay.q_len, lay.kv_len, lay.padded_q_len, lay.padded_kv_len)
+  return block_plan.allowed(sizes, cfg.mask_program, terms.mask_consts, terms.dense, b, h,
+                            i * lay.block_q, lay.block_q, j * lay.block_k, lay.block_k)
 
 
 def _forward(cfg, q_blocks, k_blocks, v_blocks, bias, params, score_float, score_other, terms,
-             mask_consts, plan):
+             walk):
   """-> out [nQ, B, K, G, bq, Hv] (query dtype), lse [nQ, B, K, G, bq] (statistics dtype)."""
   dtype = _stat_dtype(q_blocks)
   _, batch, kv_heads, groups, bq, _ = q_blocks.shape
@@ -201,7 +262,7 @@ def _forward(cfg, q_blocks, k_blocks, v_blocks, bias, params, score_float, score
 
   def key_block(i, q_blk, j, stats, masked):
     m, denom, acc = stats  # [B, K, G, bq], [B, K, G, bq], [B, K, G, bq, Hv]
-    allowed = _allowed(cfg, terms, mask_consts, i, j) if masked else None
+    allowed = _allowed(cfg, terms, i, j) if masked else None
     logits, _ = _logits(cfg, i, j, q_blk, k_blocks[j], _slice_block(cfg, bias, i, j), params,
                         mod_args, allowed, with_vjp=False)
     m_new = jnp.maximum(m, jnp.max(logits, axis=-1))
@@ -217,9 +278,9 @@ def _forward(cfg, q_blocks, k_blocks, v_blocks, bias, params, score_float, score
   def query_block(xs):
     i, q_blk = xs
 
-    def step(stats, t):
-      j = plan.fwd_order[i, t]
-      kind = jnp.where(t < plan.fwd_count[i], plan.kind[i, j], EMPTY)
+    def step(stats, t):  # the t-th live key block of the row, or past the count: skipped
+      j = walk.kv_indices[i, t]
+      kind = jnp.where(t < walk.kv_count[i], walk.kind[i, j], EMPTY)
       branches = [lambda s: s,  # EMPTY: skipped, not computed and masked
                   lambda s: key_block(i, q_blk, j, s, masked=True),
                   lambda s: key_block(i, q_blk, j, s, masked=False)]
@@ -227,6 +288,8 @@ def _forward(cfg, q_blocks, k_blocks, v_blocks, bias, params, score_float, score
 
     init = (jnp.full(row_shape, -jnp.inf, dtype), jnp.zeros(row_shape, dtype),
             jnp.zeros((*row_shape, v_blocks.shape[-1]), dtype))
+    # A scan of static length (not a while loop of the count): the backward pass stays
+    # differentiable, for gradients of gradients.
     (m, denom, acc), _ = lax.scan(step, init, jnp.arange(cfg.fwd_steps, dtype=jnp.int32))
     has_keys = denom > 0  # false for fully masked rows: output 0, lse 0 (any finite value works)
     safe_denom = jnp.where(has_keys, denom, 1.0)
@@ -244,8 +307,8 @@ def _backward(cfg, residuals, d_out):
   dQ [nQ, B, K, G, bq, H] (O(q_len * head_dim)), dBias, dParams and the score mod's closed-over
   float arrays accumulate across the outer loop.
   """
-  (q_blocks, k_blocks, v_blocks, bias, params, score_float, score_other, terms, mask_consts, plan,
-   out, lse) = residuals
+  (q_blocks, k_blocks, v_blocks, bias, params, score_float, score_other, terms, walk, out,
+   lse) = residuals
   dtype = _stat_dtype(q_blocks)
   mod_args = (score_float, score_other, terms.batch_index)
   # delta = rowsum(dO * O) = rowsum(P * dP): the softmax Jacobian's correction term per row.
@@ -253,7 +316,7 @@ def _backward(cfg, residuals, d_out):
 
   def block_grads(i, j, k_blk, v_blk, masked):
     q_blk, do_blk = q_blocks[i], d_out[i]  # [B, K, G, bq, H], [B, K, G, bq, Hv]
-    allowed = _allowed(cfg, terms, mask_consts, i, j) if masked else None
+    allowed = _allowed(cfg, terms, i, j) if masked else None
     logits, logits_vjp = _logits(cfg, i, j, q_blk, k_blk, _slice_block(cfg, bias, i, j), params,
                                  mod_args, allowed, with_vjp=True)
     p = jnp.exp(logits - lse[i][..., None])  # [B, K, G, bq, bk]; masked entries exactly 0
@@ -268,10 +331,10 @@ def _backward(cfg, residuals, d_out):
   def key_block(carry, xs):
     j, k_blk, v_blk = xs
 
-    def step(inner, t):
+    def step(inner, t):  # the t-th live query block of the column, or past the count: skipped
       dk_acc, dv_acc, dq_acc, dbias_acc, dparams_acc, dconsts_acc = inner
-      i = plan.bwd_order[j, t]
-      kind = jnp.where(t < plan.bwd_count[j], plan.kind[i, j], EMPTY)
+      i = walk.q_indices[j, t]
+      kind = jnp.where(t < walk.q_count[j], walk.kind[i, j], EMPTY)
       compute = functools.partial(block_grads, i, j, k_blk, v_blk)
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                            jax.eval_shape(lambda: compute(masked=True)))
@@ -296,18 +359,19 @@ def _backward(cfg, residuals, d_out):
   cast = lambda d, x: None if d is None else d.astype(x.dtype)
   return (cast(dq, q_blocks), cast(dk, k_blocks), cast(dv, v_blocks), cast(dbias, bias),
           jax.tree.map(cast, dparams, params), jax.tree.map(cast, dconsts, score_float),
-          None, None, None, None)
+          None, None, None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def attend_blocks(cfg: Config, q_blocks, k_blocks, v_blocks, bias, params, score_float,
-                  score_other, terms: Terms, mask_consts, plan: Plan):
+                  score_other, terms: Terms, walk: Walk):
   """Blocked attention: q_blocks [nQ, B, K, G, bq, H], k/v_blocks [nK, B, K, bk, H|Hv] ->
   [nQ, B, K, G, bq, Hv]. ``bias`` [B|1, K|1, G|1, T_pad|1, S_pad|1]; ``params`` the score
   function's; ``score_float`` / ``score_other`` the score mod's closed-over float / other arrays
-  (differentiated / not); ``mask_consts`` the mask mod's; ``plan`` for one batch row (or all)."""
+  (differentiated / not); ``terms`` the mask's array terms; ``walk`` for one batch row (or
+  all)."""
   return _forward(cfg, q_blocks, k_blocks, v_blocks, bias, params, score_float, score_other,
-                  terms, mask_consts, plan)[0]
+                  terms, walk)[0]
 
 
 def _attend_blocks_fwd(cfg, *args):

@@ -28,12 +28,21 @@ from attn_jax.tasks.metrics import (
     token_cross_entropy,
 )
 from attn_jax.tasks.mqar import mqar
-from attn_jax.tasks.registry import CopyMemorySpec, MqarSpec, Task, TaskSpec, make_task
+from attn_jax.tasks.registry import (
+    CopyMemorySpec,
+    MqarSpec,
+    SelectiveCopySpec,
+    Task,
+    TaskSpec,
+    make_task,
+)
+from attn_jax.tasks.selective_copy import order_free_accuracy, selective_copy
 
 __all__ = [
     "Batch",
     "CopyMemorySpec",
     "MqarSpec",
+    "SelectiveCopySpec",
     "Task",
     "TaskSpec",
     "copy_memory",
@@ -46,5 +55,7 @@ __all__ = [
     "masked_mean",
     "mqar",
     "mqar_metrics",
+    "order_free_accuracy",
+    "selective_copy",
     "token_cross_entropy",
 ]

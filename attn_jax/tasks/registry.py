@@ -24,6 +24,11 @@ from attn_jax.tasks.copy_memory import (
 )
 from attn_jax.tasks.metrics import copy_memory_metrics, mqar_metrics
 from attn_jax.tasks.mqar import check_mqar_args, mqar
+from attn_jax.tasks.selective_copy import (
+    check_selective_copy_args,
+    order_free_accuracy,
+    selective_copy,
+)
 
 Array = jax.Array
 
@@ -56,7 +61,17 @@ class MqarSpec:
   distractors: bool = False
 
 
-TaskSpec = CopyMemorySpec | MqarSpec
+@dataclasses.dataclass(frozen=True)
+class SelectiveCopySpec:
+  """Selective-copying settings (see `attn_jax.tasks.selective_copy`): ``num_tokens`` data
+  tokens from ``num_symbols`` symbols among ``context_len`` positions, then copied in order."""
+
+  context_len: int = 48
+  num_tokens: int = 8
+  num_symbols: int = 8
+
+
+TaskSpec = CopyMemorySpec | MqarSpec | SelectiveCopySpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +117,12 @@ def _recall_weights(batch: Batch, *, recall_weight: float) -> Array:
 
 def _sample_copy(key: Array, batch_size: int, *, delay: int) -> Batch:
   return copy_memory(key, batch_size=batch_size, delay=delay)
+
+
+def _sample_selective_copy(key: Array, batch_size: int, *, context_len: int, num_tokens: int,
+                           num_symbols: int) -> Batch:
+  return selective_copy(key, batch_size=batch_size, context_len=context_len,
+                        num_tokens=num_tokens, num_symbols=num_symbols)
 
 
 def _sample_mqar(key: Array, batch_size: int, *, seq_len: int, num_pairs: int,
@@ -162,4 +183,25 @@ def make_task(spec: TaskSpec) -> Task:
         reference={"num_pairs": float(spec.num_pairs),
                    "value_set_accuracy": 1.0 / spec.num_pairs},
     )
-  raise ValueError(f"unknown task spec {spec!r}: expected CopyMemorySpec or MqarSpec")
+  if isinstance(spec, SelectiveCopySpec):
+    check_selective_copy_args(batch_size=1, context_len=spec.context_len,
+                              num_tokens=spec.num_tokens, num_symbols=spec.num_symbols)
+    return Task(
+        name="selective_copy",
+        sample=functools.partial(_sample_selective_copy, context_len=spec.context_len,
+                                 num_tokens=spec.num_tokens, num_symbols=spec.num_symbols),
+        # Per-token and whole-block accuracy on the copied positions, as copy_memory reports.
+        metrics=mqar_metrics,
+        # Trained on the copied positions only (the blank targets carry nothing to recall).
+        loss_weights=_eval_weights,
+        vocab_size=spec.num_symbols + 2,
+        seq_len=spec.context_len + spec.num_tokens,
+        distance=spec.context_len + spec.num_tokens,
+        chance_accuracy=1.0 / spec.num_symbols,
+        # A model that keeps the set of data tokens but not their order.
+        reference={"num_tokens": float(spec.num_tokens),
+                   "value_set_accuracy": order_free_accuracy(spec.num_tokens,
+                                                             spec.num_symbols)},
+    )
+  raise ValueError(f"unknown task spec {spec!r}: expected CopyMemorySpec, MqarSpec or "
+                   "SelectiveCopySpec")

@@ -72,7 +72,40 @@ class LstmAttentionSpec:
                        f"'chunked', got {self.attention_implementation!r}")
 
 
-ModelSpec = TransformerSpec | LstmSpec | LstmAttentionSpec
+@dataclasses.dataclass(frozen=True)
+class MixerSpec:
+  """`attn_jax.nn.MixerModel` settings: the recall zoo's shared block around ``mixer`` (one of
+  `attn_jax.nn.mixers.MIXERS`). ``d_ff`` 0 means ``2 * d_model``; ``key_dim`` sizes the keys of
+  the linear and gated mixers, ``window`` the sliding window, ``short_conv`` the causal
+  convolution every block has (0: none)."""
+
+  mixer: str = "attention"
+  d_model: int = 32
+  num_layers: int = 2
+  d_ff: int = 0
+  num_heads: int = 2
+  key_dim: int = 16
+  window: int = 16
+  chunk_size: int = 64
+  short_conv: int = 4
+
+  def __post_init__(self):
+    if self.mixer not in nn.mixers.MIXERS:
+      raise ValueError(f"mixer must be one of {nn.mixers.MIXERS}, got {self.mixer!r}")
+    for name in ("d_model", "num_layers", "num_heads", "key_dim", "window", "chunk_size"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{self.mixer}.{name} must be an int >= 1, got {value!r}")
+    for name in ("d_ff", "short_conv"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{self.mixer}.{name} must be an int >= 0, got {value!r}")
+    if self.d_model % self.num_heads:
+      raise ValueError(f"{self.mixer}.num_heads ({self.num_heads}) must divide d_model "
+                       f"({self.d_model})")
+
+
+ModelSpec = TransformerSpec | LstmSpec | LstmAttentionSpec | MixerSpec
 
 # The names configs use, and the spec each one takes.
 MODEL_SPECS: dict[str, type] = {
@@ -114,4 +147,10 @@ def make_model(spec: ModelSpec, *, vocab_size: int, max_len: int, rngs: nnx.Rngs
         vocab_size=vocab_size, hidden_size=spec.hidden_size,
         attention_hidden=spec.attention_hidden or None,
         attention_implementation=spec.attention_implementation, score=spec.score, rngs=rngs)
+  if isinstance(spec, MixerSpec):
+    return nn.MixerModel(
+        vocab_size=vocab_size, max_len=max_len, d_model=spec.d_model,
+        num_layers=spec.num_layers, d_ff=spec.d_ff or 2 * spec.d_model, mixer=spec.mixer,
+        num_heads=spec.num_heads, key_dim=spec.key_dim, window=spec.window,
+        chunk_size=spec.chunk_size, short_conv=spec.short_conv, rngs=rngs)
   raise ValueError(f"unknown model spec {spec!r}: expected one of {tuple(MODEL_SPECS)}")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from attn_jax.core import block_mask, mods, scores
-from attn_jax.core.block_mask import EMPTY, FULL, PARTIAL, Layout
-from attn_jax.core.chunked import block_plan, chunked_attention
+from attn_jax.core import mods, scores
+from attn_jax.core.block_mask import EMPTY, FULL, PARTIAL
+from attn_jax.core.chunked import call_block_mask, chunked_attention
 
 # ----------------------------------------------------------------------------- references
 
@@ -170,24 +170,20 @@ def test_value_worked_out_by_hand():
 
 def test_static_plan_skips_blocks_outside_the_band():
   E, P, F = EMPTY, PARTIAL, FULL
-  causal = Layout(16, 16, 4, 4, kv_heads=1, groups=1, is_causal=True, window=None)
-  summary = block_mask.static_summary(causal, 1, None)
+  causal = call_block_mask(1, 16, 16, 1, is_causal=True, block_q=4, block_k=4)
+  assert isinstance(causal.kind, np.ndarray)  # worked out at trace time
   # Diagonal blocks partial, blocks below full, blocks above never visited.
-  np.testing.assert_array_equal(summary.kind[0], [[P, E, E, E], [F, P, E, E], [F, F, P, E],
-                                                  [F, F, F, P]])
-  plan, fwd_steps, bwd_steps = block_mask.plan(summary.kind, summary.kind)
-  assert (fwd_steps, bwd_steps) == (4, 4)
-  np.testing.assert_array_equal(plan.fwd_count[0], [1, 2, 3, 4])  # query block i: key blocks <= i
-  np.testing.assert_array_equal(plan.bwd_count[0], [4, 3, 2, 1])
-  np.testing.assert_array_equal(plan.bwd_order[0, 2, :2], [2, 3])
+  np.testing.assert_array_equal(causal.kind[0, 0], [[P, E, E, E], [F, P, E, E], [F, F, P, E],
+                                                    [F, F, F, P]])
+  np.testing.assert_array_equal(causal.kv_count[0, 0], [1, 2, 3, 4])  # block i: key blocks <= i
+  np.testing.assert_array_equal(causal.q_count[0, 0], [4, 3, 2, 1])
+  np.testing.assert_array_equal(causal.q_indices[0, 0, 2, :2], [2, 3])
   # Window (left 4, right 0) over blocks of 4: query block i needs key blocks i - 1 and i.
-  window = Layout(16, 16, 4, 4, kv_heads=1, groups=1, is_causal=False, window=(4, 0))
-  summary = block_mask.static_summary(window, 1, None)
-  np.testing.assert_array_equal(summary.kind[0], [[P, E, E, E], [P, P, E, E], [E, P, P, E],
-                                                  [E, E, P, P]])
-  plan, fwd_steps, _ = block_mask.plan(summary.kind, summary.kind)
-  assert fwd_steps == 2
-  np.testing.assert_array_equal(plan.fwd_order[0, :, :2], [[0, 1], [0, 1], [1, 2], [2, 3]])
+  window = call_block_mask(1, 16, 16, 1, local_window_size=(4, 0), block_q=4, block_k=4)
+  np.testing.assert_array_equal(window.kind[0, 0], [[P, E, E, E], [P, P, E, E], [E, P, P, E],
+                                                    [E, E, P, P]])
+  assert window.kv_count.max() == 2
+  np.testing.assert_array_equal(window.kv_indices[0, 0, :, :2], [[0, 1], [0, 1], [1, 2], [2, 3]])
 
 
 @pytest.mark.usefixtures("x64")
@@ -310,11 +306,11 @@ def test_memory_grows_with_blocks_not_with_the_attention_matrix():
 
 
 def test_blocks_chosen_for_the_mask_known_at_trace_time():
-  plan = lambda **kw: block_plan(1, 16384, 16384, 4, **kw)
+  plan = lambda **kw: call_block_mask(1, 16384, 16384, 4, **kw)
   assert (plan().block_q, plan(is_causal=True).block_q) == (512, 512)  # dense, causal: large
   # A 256 window: 512-blocks would compute a band 4x wider than the window, 64-blocks 1.25x.
   window = plan(local_window_size=(256, 0))
-  assert (window.block_q, window.block_k, window.fwd_steps) == (64, 64, 5)
+  assert (window.block_q, window.block_k, window.kv_count.max()) == (64, 64, 5)
   assert plan(mask_mod=mods.sliding_window(256, 0)).block_q == 64  # the same, as a mod
   assert plan(local_window_size=(256, 0), block_q=512, block_k=512).block_q == 512  # as asked
   # Traced lengths do not change the blocks: they are chosen at trace time.

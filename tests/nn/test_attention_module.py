@@ -123,7 +123,7 @@ def test_relative_positions_equal_an_explicit_t5_bias(causal, hf_t5_bucket):
   assert all(np.any(grad[b] != 0) for b in used)
 
 
-def test_bilinear_starts_as_scaled_dot():
+def test_bilinear_starts_as_dot():
   """The bilinear score's identity initialisation makes it equal the scaled dot product."""
   dot = MultiHeadAttention(num_heads=2, in_features=8, score="dot", rngs=nnx.Rngs(0))
   bil = MultiHeadAttention(num_heads=2, in_features=8, score="bilinear", rngs=nnx.Rngs(0))
