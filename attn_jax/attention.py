@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax._arguments import IMPLEMENTATIONS as IMPLEMENTATIONS  # re-exported
-from attn_jax._arguments import Arguments, validate
+from attn_jax._arguments import Arguments, validate, validate_sinks
 from attn_jax.core import batched, chunked, cudnn, masks, mods, scores
 from attn_jax.core.block_mask import BlockMask
 
@@ -77,16 +77,19 @@ def _combined_mask(args: Arguments) -> Array | None:
   )
 
 
-def _cudnn_reason(args: Arguments) -> str | None:
+def _cudnn_reason(args: Arguments, *, has_sinks: bool = False, return_residual: bool = False,
+                  has_dropout: bool = False) -> str | None:
   return cudnn.unsupported_reason(
       args.query, args.key, args.value, args.bias, args.mask, score=args.score,
       is_causal=args.is_causal, local_window_size=args.local_window_size,
-      has_seq_lengths=args.has_seq_lengths, has_mods=args.has_mods)
+      has_seq_lengths=args.has_seq_lengths, has_mods=args.has_mods, has_sinks=has_sinks,
+      return_residual=return_residual, has_dropout=has_dropout)
 
 
-def _choose(args: Arguments) -> str:
-  """The fastest implementation valid for these (validated) arguments on this backend."""
-  if _cudnn_reason(args) is None:
+def _choose(args: Arguments, **facts) -> str:
+  """The fastest implementation valid for these (validated) arguments on this backend; ``facts``
+  (has_sinks, return_residual, has_dropout) as `_cudnn_reason` takes them."""
+  if _cudnn_reason(args, **facts) is None:
     return "cudnn"
   batch, q_len, num_heads, _ = args.query.shape
   per_head = q_len * args.key.shape[1]
@@ -101,11 +104,11 @@ def _choose(args: Arguments) -> str:
   return "chunked" if too_big else "xla"
 
 
-def _resolve(implementation, args: Arguments) -> str:
+def _resolve(implementation, args: Arguments, **facts) -> str:
   if implementation is None:
-    return _choose(args)
+    return _choose(args, **facts)
   if implementation == "cudnn":
-    reason = _cudnn_reason(args)
+    reason = _cudnn_reason(args, **facts)
     if reason is not None:
       raise ValueError(f"implementation='cudnn' cannot serve these arguments: {reason}")
   return implementation
@@ -115,7 +118,7 @@ def select_implementation(
     query, key, value, bias=None, mask=None, *, is_causal: bool = False,
     query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
     score: str = "dot", implementation: Implementation | None = None, score_mod=None,
-    mask_mod=None, block_mask=None) -> str:
+    mask_mod=None, block_mask=None, sinks=None, return_residual: bool = False) -> str:
   """Which implementation `dot_product_attention` would run for these arguments.
 
   Takes the same arguments; returns one of ``IMPLEMENTATIONS``, or raises the ValueError the call
@@ -126,7 +129,9 @@ def select_implementation(
                   local_window_size=local_window_size, is_causal=is_causal, score=score,
                   scores=SCORES, implementation=implementation, score_mod=score_mod,
                   mask_mod=mask_mod, block_mask=block_mask)
-  return _resolve(implementation, args)
+  validate_sinks(sinks, args.query.shape[2])
+  return _resolve(implementation, args, has_sinks=sinks is not None,
+                  return_residual=bool(return_residual))
 
 
 def dot_product_attention(
@@ -134,7 +139,8 @@ def dot_product_attention(
     is_causal: bool = False, query_seq_lengths=None, key_value_seq_lengths=None,
     local_window_size: int | Sequence[int] | None = None, score: str = "dot",
     implementation: Implementation | None = None, score_mod: mods.ScoreMod | None = None,
-    mask_mod: mods.MaskMod | None = None, block_mask: BlockMask | None = None) -> Array:
+    mask_mod: mods.MaskMod | None = None, block_mask: BlockMask | None = None,
+    return_residual: bool = False, sinks=None) -> Array | tuple[Array, Array]:
   """Multi-head attention over a batch; a drop-in for `jax.nn.dot_product_attention`.
 
   Args:
@@ -165,9 +171,19 @@ def dot_product_attention(
       mask_mod (AND-ed with every other mask argument), with the block plan computed once where
       it was created: "chunked" walks it as it is (given alone; with other mask arguments it
       plans both again), "reference" and "xla" evaluate its mod on the grid; "cudnn" takes none.
+    return_residual: as jax.nn's: also return the residual [B, T, N] (or [T, N]), float32, the
+      log of each query row's softmax normaliser: logsumexp of the logits (after score_mod) over
+      the keys the row may attend, plus the sink term; -inf for a row that sees nothing. Two
+      calls over disjoint key sets merge into the call over their union:
+      ``lse = logaddexp(lse1, lse2); out = exp(lse1 - lse) out1 + exp(lse2 - lse) out2``.
+    sinks: float [N], one learnable logit per query head (attention sinks, gpt-oss; Xiao et al.
+      2023): every row also normalises over a virtual key with logit ``sinks[h]`` and no value,
+      ``p_ij = exp(l_ij) / (exp(sinks[h]) + sum_j exp(l_ij))``; gradients flow into it. A row
+      that may attend no key gives zeros. "cudnn" takes none.
 
   Returns:
-    [B, T, N, H] (or [T, N, H]) in the query's dtype. Query rows that may attend no key are zeros.
+    [B, T, N, H] (or [T, N, H]) in the query's dtype, and with ``return_residual`` also the
+    residual. Query rows that may attend no key are zeros.
   """
   unbatched = jnp.ndim(query) == 3
   args = validate(query, key, value, bias, mask, query_seq_lengths=query_seq_lengths,
@@ -175,7 +191,10 @@ def dot_product_attention(
                   local_window_size=local_window_size, is_causal=is_causal, score=score,
                   scores=SCORES, implementation=implementation, score_mod=score_mod,
                   mask_mod=mask_mod, block_mask=block_mask)
-  chosen = _resolve(implementation, args)
+  sinks = validate_sinks(sinks, args.query.shape[2])
+  return_residual = bool(return_residual)
+  chosen = _resolve(implementation, args, has_sinks=sinks is not None,
+                    return_residual=return_residual)
   scale = _default_scale(score, args.query.shape[-1], scale)
   if chosen == "chunked":
     q, k = args.query, args.key
@@ -187,8 +206,8 @@ def dot_product_attention(
         key_value_seq_lengths=args.key_value_seq_lengths,
         local_window_size=args.local_window_size, score_fn=None, score_params=None,
         params_per_head=False, score_mod=score_mod, mask_mod=mask_mod,
-        block_mask=block_mask, block_q=None, block_k=None)
-    out = out.astype(args.query.dtype)
+        block_mask=block_mask, block_q=None, block_k=None, sinks=sinks,
+        return_residual=return_residual)
   else:
     combined = _combined_mask(args)
     if chosen == "cudnn":
@@ -199,11 +218,17 @@ def dot_product_attention(
           local_window_size=args.local_window_size)
     elif chosen == "reference":
       out = batched.reference_attention(args.query, args.key, args.value, args.bias, combined,
-                                        scale=scale, score=score, score_mod=score_mod)
+                                        scale=scale, score=score, score_mod=score_mod,
+                                        sinks=sinks, return_residual=return_residual)
     else:
       out = batched.xla_attention(args.query, args.key, args.value, args.bias, combined,
-                                  scale=scale, score=score, score_mod=score_mod)
-  return out[0] if unbatched else out
+                                  scale=scale, score=score, score_mod=score_mod, sinks=sinks,
+                                  return_residual=return_residual)
+  out, residual = out if return_residual else (out, None)
+  out = out.astype(args.query.dtype)
+  if unbatched:
+    out, residual = out[0], None if residual is None else residual[0]
+  return (out, residual) if return_residual else out
 
 
 def attention_weights(

@@ -55,7 +55,8 @@ def _jax_layout_check(query, key, value, bias_shape, has_seq_lengths) -> str | N
 def unsupported_reason(
     query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None, *,
     score: str, is_causal: bool, local_window_size: tuple[int, int] | None,
-    has_seq_lengths: bool, has_mods: bool = False,
+    has_seq_lengths: bool, has_mods: bool = False, has_sinks: bool = False,
+    return_residual: bool = False, has_dropout: bool = False,
 ) -> str | None:
   """Why cuDNN cannot serve these (4-D, validated) arguments, or None when it can.
 
@@ -67,6 +68,14 @@ def unsupported_reason(
     return f"cuDNN computes only the scaled dot product; got score={score!r}"
   if has_mods:
     return "cuDNN takes no score_mod or mask_mod (use 'chunked', 'xla' or 'reference')"
+  # jax.nn's cuDNN path has no attention sinks; its residual is not passed through this wrapper
+  # (fully masked rows would need their -inf), and attn_jax's dropout is its own.
+  if has_sinks:
+    return "cuDNN (through jax.nn) has no attention sinks (use 'chunked', 'xla' or 'reference')"
+  if return_residual:
+    return "attn_jax's cuDNN path returns no residual (use 'chunked', 'xla' or 'reference')"
+  if has_dropout:
+    return "attn_jax's cuDNN path takes no dropout (use 'chunked', 'xla' or 'reference')"
   capability = device_capability()
   if capability is None:
     return f"cuDNN needs an NVIDIA GPU; the default backend is {jax.default_backend()!r}"
