@@ -31,6 +31,8 @@ extensions = [
     "sphinx.ext.viewcode",
     "api_reference",  # docs/_ext/api_reference.py: module pages, coverage, backtick names
     "mathml",  # docs/_ext/mathml.py: formulas converted to MathML at build time (no script)
+    "benchmark_tables",  # docs/_ext/benchmark_tables.py: tables from benchmarks/results/*.json
+    "notebook_download",  # docs/_ext/notebook_download.py: the executed notebooks as .ipynb
     "site_check",  # docs/_ext/site_check.py: links, anchors, nothing from the network, examples
 ]
 
