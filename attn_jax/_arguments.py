@@ -15,7 +15,7 @@ from attn_jax.core.block_mask import BlockMask
 
 Array = jax.Array
 #: The implementations `attn_jax.dot_product_attention` can be asked for by name.
-IMPLEMENTATIONS = ("reference", "xla", "cudnn", "chunked")
+IMPLEMENTATIONS = ("reference", "xla", "cudnn", "chunked", "pallas", "splash")
 
 
 class Arguments(NamedTuple):
@@ -124,3 +124,16 @@ def validate(query, key, value, bias=None, mask=None, *, query_seq_lengths=None,
     block_mask.check_sizes(batch, num_heads, q_len, kv_len)
   return Arguments(query, key, value, bias, mask, *lengths, local_window_size, bool(is_causal),
                    score, score_mod, mask_mod, block_mask)
+
+
+def validate_sinks(sinks, num_heads: int) -> Array | None:
+  """``sinks`` as a float [num_heads] array (one sink logit per query head), or None; raises
+  ValueError naming ``sinks`` and the expected and received shapes otherwise."""
+  if sinks is None:
+    return None
+  sinks = jnp.asarray(sinks)
+  if sinks.shape != (num_heads,) or not jnp.issubdtype(sinks.dtype, jnp.floating):
+    raise ValueError(
+        f"sinks must be float [N] = ({num_heads},), one logit per query head; got {sinks.dtype} "
+        f"{sinks.shape}")
+  return sinks

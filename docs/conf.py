@@ -31,12 +31,15 @@ extensions = [
     "sphinx.ext.viewcode",
     "api_reference",  # docs/_ext/api_reference.py: module pages, coverage, backtick names
     "mathml",  # docs/_ext/mathml.py: formulas converted to MathML at build time (no script)
+    "benchmark_tables",  # docs/_ext/benchmark_tables.py: tables from benchmarks/results/*.json
+    "notebook_download",  # docs/_ext/notebook_download.py: the executed notebooks as .ipynb
     "site_check",  # docs/_ext/site_check.py: links, anchors, nothing from the network, examples
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
-exclude_patterns = ["_build", "results", "**.ipynb_checkpoints", "jupyter_execute"]
+# guides/_*.md: sections included by a guide, not pages of their own.
+exclude_patterns = ["_build", "results", "**.ipynb_checkpoints", "jupyter_execute", "guides/_*.md"]
 templates_path = ["_templates"]
 
 # A missing or broken reference is an error under -W. Names outside the project (jax, flax,

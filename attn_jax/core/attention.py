@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from attn_jax.core import mods
 from attn_jax.core.scores import ScoreFn, dot
-from attn_jax.core.softmax import masked_softmax
+from attn_jax.core.softmax import softmax_with_residual
 
 Array = jax.Array
 
@@ -43,8 +43,10 @@ def attend(
     mask_mod: mods.MaskMod | None = None,
     batch_index: int | Array = 0,
     head_index: int | Array = 0,
+    sink: Array | None = None,
     return_weights: bool = False,
-) -> Array | tuple[Array, Array]:
+    return_residual: bool = False,
+) -> Array | tuple[Array, ...]:
   """Single-head attention for one example.
 
   query: [q_len, key_dim], key: [kv_len, key_dim], value: [kv_len, value_dim];
@@ -53,8 +55,19 @@ def attend(
   mask_mod(b, h, q_idx, kv_idx) -> bool, AND-ed with ``mask``: the signatures of every level
   (`attn_jax.core.mods`), here with ``b = batch_index`` and ``h = head_index`` (int32 scalars,
   default 0), q_idx [q_len, 1] and kv_idx [1, kv_len].
-  Returns the output [q_len, value_dim] in the query's dtype, and with ``return_weights`` also the
-  weights [q_len, kv_len] (rows sum to 1; fully masked rows are all zeros, and so is their output).
+  sink: a float scalar, the logit of a virtual key with no value (attention sinks, gpt-oss;
+  Xiao et al. 2023): ``p_j = exp(l_j) / (exp(sink) + sum_j exp(l_j))``.
+  Returns the output [q_len, value_dim] in the query's dtype, then with ``return_weights`` the
+  weights [q_len, kv_len] (rows sum to 1, less the sink's share; fully masked rows are all zeros,
+  and so is their output), then with ``return_residual`` the residual [q_len] (float32: the
+  logsumexp of each row's allowed logits and the sink, -inf for a row that sees nothing).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> q, k = jnp.ones((1, 4)), jnp.zeros((2, 4))
+    >>> out, residual = attend(q, k, jnp.eye(2), sink=jnp.log(2.0), return_residual=True)
+    >>> out.tolist(), round(float(residual[0]), 4)  # weights 1/4 each, the sink takes half
+    ([[0.25, 0.25]], 1.3863)
   """
   if key.shape[0] != value.shape[0]:
     raise ValueError(
@@ -86,11 +99,11 @@ def attend(
       logits = jnp.where(mask, logits, jnp.zeros((), logits.dtype))
     modded = score_mod(logits, b, h, q_idx, kv_idx)
     logits = jnp.broadcast_to(modded, logits.shape).astype(logits.dtype)
-  weights = masked_softmax(logits, mask)  # [q_len, kv_len]
+  sink = None if sink is None else jnp.reshape(sink, (1, 1))
+  weights, residual = softmax_with_residual(logits, mask, sink=sink)  # [q_len, kv_len], [q_len]
   out = combine(weights, value).astype(query.dtype)
-  if return_weights:
-    return out, weights.astype(query.dtype)
-  return out
+  extra = (weights.astype(query.dtype),) * return_weights + (residual,) * return_residual
+  return (out, *extra) if extra else out
 
 
 def multi_head_attend(
@@ -106,8 +119,10 @@ def multi_head_attend(
     score_mod: mods.ScoreMod | None = None,
     mask_mod: mods.MaskMod | None = None,
     batch_index: int | Array = 0,
+    sinks: Array | None = None,
     return_weights: bool = False,
-) -> Array | tuple[Array, Array]:
+    return_residual: bool = False,
+) -> Array | tuple[Array, ...]:
   """`attend` vmapped over heads, with grouped-query heads.
 
   query: [q_len, num_heads, key_dim]; key: [kv_len, num_kv_heads, key_dim];
@@ -115,8 +130,10 @@ def multi_head_attend(
   reads key/value head n // (num_heads // num_kv_heads)); bias, mask broadcastable to
   [num_heads, q_len, kv_len]; params: shared by all heads, or with a leading [num_heads] axis on
   every leaf when ``params_per_head``; score_mod(score, b, h, q_idx, kv_idx) and
-  mask_mod(b, h, q_idx, kv_idx) as in `attend`, h the query head's index, b ``batch_index``.
-  Returns [q_len, num_heads, value_dim] (and weights [num_heads, q_len, kv_len]).
+  mask_mod(b, h, q_idx, kv_idx) as in `attend`, h the query head's index, b ``batch_index``;
+  sinks: float [num_heads], one sink logit per query head (see `attend`).
+  Returns [q_len, num_heads, value_dim], then with ``return_weights`` the weights
+  [num_heads, q_len, kv_len], then with ``return_residual`` the residual [q_len, num_heads].
   """
   num_heads, num_kv_heads = query.shape[1], key.shape[1]
   if query.ndim != 3 or key.ndim != 3 or value.ndim != 3 or num_heads % num_kv_heads:
@@ -152,19 +169,26 @@ def multi_head_attend(
 
   mods.check_signature(score_mod, mask_mod)
   fn = functools.partial(attend, score_fn=score_fn, score_mod=score_mod, mask_mod=mask_mod,
-                         batch_index=batch_index, return_weights=return_weights)
+                         batch_index=batch_index, return_weights=return_weights,
+                         return_residual=return_residual)
 
-  def one_head(q, k, v, p, b, m, head):
-    return fn(q, k, v, params=p, bias=b, mask=m, head_index=head)
+  def one_head(q, k, v, p, b, m, head, sink):
+    return fn(q, k, v, params=p, bias=b, mask=m, head_index=head, sink=sink)
 
   head_KG = jnp.arange(num_heads, dtype=jnp.int32).reshape(num_kv_heads, groups)
+  sinks_axis = None if sinks is None else 0
+  if sinks is not None:
+    sinks = jnp.reshape(sinks, (num_kv_heads, groups))
+  axes = (params_axis, bias_axis, mask_axis, 0, sinks_axis)
   # Inner vmap: the query heads of one group share a key/value head; outer: over kv heads.
-  group = jax.vmap(one_head, in_axes=(0, None, None, params_axis, bias_axis, mask_axis, 0))
-  heads = jax.vmap(group, in_axes=(0, 0, 0, params_axis, bias_axis, mask_axis, 0))
-  result = heads(q_KGTD, k_KSD, v_KSD, params, bias, mask, head_KG)
-  out_KGTD = result[0] if return_weights else result
-  out = jnp.swapaxes(jnp.reshape(out_KGTD, (num_heads, q_len, -1)), 0, 1)  # [T, N, Dv]
+  group = jax.vmap(one_head, in_axes=(0, None, None, *axes))
+  heads = jax.vmap(group, in_axes=(0, 0, 0, *axes))
+  result = heads(q_KGTD, k_KSD, v_KSD, params, bias, mask, head_KG, sinks)
+  result = result if isinstance(result, tuple) else (result,)
+  out = jnp.swapaxes(jnp.reshape(result[0], (num_heads, q_len, -1)), 0, 1)  # [T, N, Dv]
+  extra = []
   if return_weights:
-    return out, jnp.reshape(result[1], (num_heads, q_len, kv_len))
-  return out
-
+    extra.append(jnp.reshape(result[1], (num_heads, q_len, kv_len)))  # [N, T, S]
+  if return_residual:
+    extra.append(jnp.reshape(result[-1], (num_heads, q_len)).T)  # [T, N]
+  return (out, *extra) if extra else out

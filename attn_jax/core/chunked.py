@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from attn_jax.core import block_plan, chunked_kernel, mods
+from attn_jax.core import block_plan, chunked_kernel, mod_key, mods
 from attn_jax.core.batched import group_heads
 from attn_jax.core.block_mask import (  # noqa: F401 (re-exported: the kernel's block choice)
     AUTO_BLOCKS,
@@ -47,9 +47,9 @@ def chunked_attention(
     local_window_size: int | tuple[int, int] | None = None, score_fn: Callable | None = None,
     score_params: Any = None, params_per_head: bool = False, score_mod: Callable | None = None,
     mask_mod: Callable | None = None, block_mask: BlockMask | None = None,
-    block_q: int | None = None, block_k: int | None = None, dropout_rate: float = 0.0,
-    dropout_rng: Array | None = None,
-) -> Array:
+    block_q: int | None = None, block_k: int | None = None, sinks: Array | None = None,
+    return_residual: bool = False, dropout_rate: float = 0.0, dropout_rng: Array | None = None,
+) -> Array | tuple[Array, Array]:
   """Attention with O(q_len * block) memory, the same numbers as `jax.nn.dot_product_attention`.
 
   query: [batch, q_len, num_heads, head_dim]; key: [batch, kv_len, kv_heads, head_dim];
@@ -69,6 +69,9 @@ def chunked_attention(
   sizes, its plan walked as it is (with any other mask argument a new plan of both is made).
   block_q, block_k: block sizes; None lets the kernel choose (512, smaller for masks known to be
   sparse at trace time: see AUTO_BLOCKS; a block mask's own).
+  sinks: float [num_heads], one sink logit per query head (a key with no value; gradients flow
+  into it). return_residual: also return the residual [batch, q_len, num_heads], float32
+  logsumexp of each row's allowed logits (and sink), -inf for a row that sees nothing.
   dropout_rate, dropout_rng: dropout on the attention weights (each kept weight scaled by
   1 / (1 - rate)) inside the kernel, with a PRNG key: the keep mask of each block is drawn from
   the key folded with (batch index, query head, query block, key block), the same bits in the
@@ -81,6 +84,10 @@ def chunked_attention(
                        key_value_seq_lengths, local_window_size, score_fn, block_q, block_k)
   if block_mask is not None:
     block_mask.check_sizes(query.shape[0], query.shape[2], query.shape[1], key.shape[1])
+  if sinks is not None and (jnp.shape(sinks) != (query.shape[2],)
+                            or not jnp.issubdtype(jnp.result_type(sinks), jnp.floating)):
+    raise ValueError(f"sinks must be float [num_heads] = ({query.shape[2]},); got "
+                     f"{jnp.result_type(sinks)} {jnp.shape(sinks)}")
   if not 0.0 <= dropout_rate < 1.0 or (dropout_rate > 0 and dropout_rng is None):
     raise ValueError(f"dropout_rate must be in [0, 1), with a dropout_rng when > 0; got "
                      f"{dropout_rate} and {dropout_rng}")
@@ -91,20 +98,36 @@ def chunked_attention(
                 key_value_seq_lengths=as_int32(key_value_seq_lengths), local_window_size=window,
                 score_fn=score_fn, score_params=score_params, params_per_head=params_per_head,
                 score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask, block_q=block_q,
-                block_k=block_k, dropout_rate=float(dropout_rate),
+                block_k=block_k, sinks=sinks, return_residual=bool(return_residual),
+                dropout_rate=float(dropout_rate),
                 dropout_rng=dropout_rng if dropout_rate > 0 else None)
+
+
+def attend(query, key, value, *, score_mod, mask_mod, **kwargs) -> Array:
+  """`chunked_attention` without the argument checks (the batched API validates once).
+
+  The mods reach the compiled program keyed by what they compute (`attn_jax.core.mod_key`): a
+  mod reading changed Python state is traced anew, an identical fresh closure is not.
+  """
+  grid = (query.shape[0], query.shape[2], query.shape[1], key.shape[1])
+  score_key, score_arrays = mod_key.key_mod(score_mod, grid, score=True)
+  mask_key, mask_arrays = mod_key.key_mod(mask_mod, grid, score=False)
+  return _attend(query, key, value, score_mod=score_key, mask_mod=mask_key,
+                 score_mod_arrays=score_arrays, mask_mod_arrays=mask_arrays, **kwargs)
 
 
 # Jitted with its settings static: eager calls then reuse one compiled program per configuration
 # instead of re-tracing the loops (and recompiling) at every call. Takes validated arguments.
 @functools.partial(jax.jit, static_argnames=(
     "scale", "is_causal", "local_window_size", "score_fn", "params_per_head", "score_mod",
-    "mask_mod", "block_q", "block_k", "dropout_rate"))
-def attend(query, key, value, *, bias, mask, scale, is_causal, query_seq_lengths,
-           key_value_seq_lengths, local_window_size, score_fn, score_params, params_per_head,
-           score_mod, mask_mod, block_q, block_k, block_mask=None, dropout_rate=0.0,
-           dropout_rng=None) -> Array:
-  """`chunked_attention` without the argument checks (the batched API validates once)."""
+    "mask_mod", "block_q", "block_k", "return_residual", "dropout_rate"))
+def _attend(query, key, value, *, bias, mask, scale, is_causal, query_seq_lengths,
+            key_value_seq_lengths, local_window_size, score_fn, score_params, params_per_head,
+            score_mod, mask_mod, score_mod_arrays, mask_mod_arrays, block_q, block_k,
+            block_mask=None, sinks=None, return_residual=False, dropout_rate=0.0,
+            dropout_rng=None) -> Array | tuple[Array, Array]:
+  score_mod = mod_key.rebind(score_mod, score_mod_arrays)
+  mask_mod = mod_key.rebind(mask_mod, mask_mod_arrays)
   batch, q_len, num_heads, head_dim = query.shape
   _, kv_len, kv_heads, _ = value.shape
   groups = num_heads // kv_heads
@@ -135,11 +158,14 @@ def attend(query, key, value, *, bias, mask, scale, is_causal, query_seq_lengths
       mask_program=block_mask.program, mask_batch=block_mask.batch is not None,
       mask_heads=block_mask.num_heads is not None, fwd_steps=max(block_mask.max_kv_blocks, 1),
       bwd_steps=max(block_mask.max_q_blocks, 1))
+  if sinks is not None:  # [N] -> [K, G]
+    sinks = jnp.reshape(jnp.asarray(sinks, jnp.promote_types(query.dtype, jnp.float32)),
+                        (kv_heads, groups))
   seed = None
   if dropout_rate > 0:
     cfg = cfg._replace(dropout_rate=dropout_rate, dropout_impl=jax.random.key_impl(dropout_rng))
     seed = jax.random.key_data(dropout_rng)
-  run = functools.partial(_run, cfg, score_mod, score_params, seed)
+  run = functools.partial(_run, cfg, score_mod, score_params, sinks, seed)
   if not per_batch:
     out = run(query, key, value, bias, terms, jax.tree.map(lambda x: x[0], walk))
   else:
@@ -149,12 +175,16 @@ def attend(query, key, value, *, bias, mask, scale, is_causal, query_seq_lengths
       q, k, v, index, row_walk, bias_row, dense_row = xs
       row_terms = Terms(dense if dense_row is None else dense_row[None], terms.mask_consts,
                         index[None])
-      return run(q[None], k[None], v[None], bias if bias_row is None else bias_row[None],
-                 row_terms, row_walk)[0]
+      out, residual = run(q[None], k[None], v[None],
+                          bias if bias_row is None else bias_row[None], row_terms, row_walk)
+      return out[0], residual[0]
 
     mapped = lambda x: x if x is not None and x.shape[0] > 1 else None
     out = lax.map(one_row, (query, key, value, terms.batch_index, walk, mapped(bias),
                             mapped(dense)))
+  out, residual = out
+  if return_residual:
+    return out[:, :q_len], residual[:, :q_len]
   return out[:, :q_len]
 
 
@@ -263,10 +293,10 @@ def _walk(block_mask: BlockMask) -> tuple[Walk, bool]:
   return Walk(as_int32(kind), *(as_int32(x) for x in lists)), per_batch
 
 
-def _run(cfg, score_mod, score_params, seed, query, key, value, bias, terms, walk):
+def _run(cfg, score_mod, score_params, sinks, seed, query, key, value, bias, terms, walk):
   """Blocks, converts the score mod at the block shapes, runs the kernel, unblocks.
 
-  -> [B, T_pad, N, Hv].
+  -> out [B, T_pad, N, Hv], residual [B, T_pad, N] (float32 log-sum-exp; -inf: nothing seen).
   """
   layout = cfg.layout
   batch, _, num_heads, _ = query.shape
@@ -286,10 +316,13 @@ def _run(cfg, score_mod, score_params, seed, query, key, value, bias, terms, wal
   to_blocks = lambda x: _pad_axis(x, 1, nk * bk, 0).reshape(batch, nk, bk, kv_heads, -1)
   k_blocks = to_blocks(key).transpose(1, 0, 3, 2, 4)
   v_blocks = to_blocks(value).transpose(1, 0, 3, 2, 4)
-  out = chunked_kernel.attend_blocks(cfg, q_blocks, k_blocks, v_blocks, bias, score_params,
-                                     score_float, score_other, terms, walk, seed)
+  out, residual = chunked_kernel.attend_blocks(cfg, q_blocks, k_blocks, v_blocks, bias, sinks,
+                                               score_params, score_float, score_other, terms,
+                                               walk, seed)
   # [nQ, B, K, G, bq, Hv] -> [B, nQ, bq, K, G, Hv] -> [B, T_pad, N, Hv]
-  return out.transpose(1, 0, 4, 2, 3, 5).reshape(batch, nq * bq, num_heads, -1)
+  # [nQ, B, K, G, bq] -> [B, nQ, bq, K, G] -> [B, T_pad, N]
+  residual = residual.transpose(1, 0, 4, 2, 3).reshape(batch, nq * bq, num_heads)
+  return out.transpose(1, 0, 4, 2, 3, 5).reshape(batch, nq * bq, num_heads, -1), residual
 
 
 def _convert_split(fn, *example_args):

@@ -129,7 +129,9 @@ def convert(fn: Callable, *example_args) -> tuple[Callable, list]:
   as an explicit argument; a mod closes over its arrays. Tracing ``fn`` once at the block shapes
   ``example_args`` hoists them all, traced or not, float or int.
   """
-  closed = jax.make_jaxpr(fn)(*example_args)
+  # A fresh wrapper: make_jaxpr caches on the function's identity and would return the program
+  # of an earlier trace, from before the Python state the mod reads changed.
+  closed = jax.make_jaxpr(lambda *a: fn(*a))(*example_args)
   consts = list(closed.consts)
 
   def call(consts, *args):
@@ -169,6 +171,18 @@ def _rows(x: Array) -> Array:
   return x.reshape(x.shape[0], x.shape[1], -1, *x.shape[4:])
 
 
+def _einsum(spec: str, a: Array, b: Array, dtype) -> Array:
+  """A block product accumulating in ``dtype`` (float32 or wider).
+
+  The operands keep the input dtype (bf16 stays bf16, as in FlashAttention-2), except on CPU:
+  XLA:CPU has no BF16 x BF16 = F32 dot (a vmapped bf16 backward failed with "Unsupported element
+  type for DotThunk"), so there low-precision operands are upcast to float32 first.
+  """
+  if jax.default_backend() == "cpu" and jnp.finfo(a.dtype).bits < 32:
+    a, b = a.astype(dtype), b.astype(dtype)
+  return jnp.einsum(spec, a, b, preferred_element_type=dtype)
+
+
 def _t_matmul(rows: Array, other_rows: Array, dtype) -> Array:
   """rows^T @ other_rows: [B, K, R, H] x [B, K, R, S] -> [B, K, H, S], contracting the rows.
 
@@ -176,8 +190,7 @@ def _t_matmul(rows: Array, other_rows: Array, dtype) -> Array:
   a matmul contracting both operands' leading axis about 2x slower than this.
   """
   # [B, K, H, R] x [B, K, R, S] -> [B, K, H, S]
-  return jnp.einsum("bkhr,bkrs->bkhs", jnp.swapaxes(rows, -1, -2), other_rows,
-                    preferred_element_type=dtype)
+  return _einsum("bkhr,bkrs->bkhs", jnp.swapaxes(rows, -1, -2), other_rows, dtype)
 
 
 def _scores(cfg: Config, q_blk: Array, k_blk: Array, params: Any, with_vjp: bool):
@@ -186,7 +199,7 @@ def _scores(cfg: Config, q_blk: Array, k_blk: Array, params: Any, with_vjp: bool
   dtype = _stat_dtype(q_blk)
   if cfg.score_fn is None:
     # [B, K, G*bq, H] x [B, K, bk, H] -> [B, K, G*bq, bk]: one batched matmul, keys shared by G.
-    scores = jnp.einsum("bkqh,bksh->bkqs", _rows(q_blk), k_blk, preferred_element_type=dtype)
+    scores = _einsum("bkqh,bksh->bkqs", _rows(q_blk), k_blk, dtype)
     scores = scores.reshape(*q_blk.shape[:-1], -1) * jnp.asarray(cfg.scale, dtype)
 
     def dot_vjp(d_scores):
@@ -194,7 +207,7 @@ def _scores(cfg: Config, q_blk: Array, k_blk: Array, params: Any, with_vjp: bool
       # products accumulate in float32.
       d_scaled = _rows((d_scores * jnp.asarray(cfg.scale, dtype)).astype(q_blk.dtype))
       # [B, K, G*bq, bk] x [B, K, bk, H] -> [B, K, G*bq, H]
-      dq = jnp.einsum("bkqs,bksh->bkqh", d_scaled, k_blk, preferred_element_type=dtype)
+      dq = _einsum("bkqs,bksh->bkqh", d_scaled, k_blk, dtype)
       return dq.reshape(q_blk.shape), _t_matmul(_rows(q_blk), d_scaled, dtype), None
 
     return scores, dot_vjp if with_vjp else None
@@ -282,9 +295,11 @@ def _allowed(cfg: Config, terms: Terms, i, j):
                             i * lay.block_q, lay.block_q, j * lay.block_k, lay.block_k)
 
 
-def _forward(cfg, q_blocks, k_blocks, v_blocks, bias, params, score_float, score_other, terms,
-             walk, seed):
-  """-> out [nQ, B, K, G, bq, Hv] (query dtype), lse [nQ, B, K, G, bq] (statistics dtype)."""
+def _forward(cfg, q_blocks, k_blocks, v_blocks, bias, sinks, params, score_float, score_other,
+             terms, walk, seed):
+  """-> out [nQ, B, K, G, bq, Hv] (query dtype), lse [nQ, B, K, G, bq] (statistics dtype; 0 for a
+  row that sees nothing) and whether each row saw something (a key or a sink). ``seed``: the
+  dropout key's data, or None."""
   dtype = _stat_dtype(q_blocks)
   _, batch, kv_heads, groups, bq, _ = q_blocks.shape
   row_shape = (batch, kv_heads, groups, bq)
@@ -303,8 +318,8 @@ def _forward(cfg, q_blocks, k_blocks, v_blocks, bias, params, score_float, score
     # Dropout acts on the normalised weights: the denominator sums the undropped p.
     p_dropped = _dropped(cfg, seed, terms.batch_index, i, j, p)
     # [B, K, G*bq, bk] x [B, K, bk, Hv] -> [B, K, G*bq, Hv]
-    pv = jnp.einsum("bkqs,bksh->bkqh", _rows(p_dropped.astype(v_blocks.dtype)), v_blocks[j],
-                    preferred_element_type=dtype).reshape(acc.shape)
+    pv = _einsum("bkqs,bksh->bkqh", _rows(p_dropped.astype(v_blocks.dtype)), v_blocks[j], dtype)
+    pv = pv.reshape(acc.shape)
     return m_new, denom * rescale + jnp.sum(p, axis=-1), acc * rescale[..., None] + pv
 
   def query_block(xs):
@@ -318,8 +333,14 @@ def _forward(cfg, q_blocks, k_blocks, v_blocks, bias, params, score_float, score
                   lambda s: key_block(i, q_blk, j, s, masked=False)]
       return lax.switch(kind, branches, stats), None
 
-    init = (jnp.full(row_shape, -jnp.inf, dtype), jnp.zeros(row_shape, dtype),
-            jnp.zeros((*row_shape, v_blocks.shape[-1]), dtype))
+    # A sink is a key with logit sinks[k, g] and no value: the running maximum starts at it, the
+    # denominator at its exp(0) = 1, the weighted sum at 0.
+    if sinks is None:
+      m0, l0 = jnp.full(row_shape, -jnp.inf, dtype), jnp.zeros(row_shape, dtype)
+    else:
+      m0 = jnp.broadcast_to(sinks.astype(dtype)[None, :, :, None], row_shape)
+      l0 = jnp.ones(row_shape, dtype)
+    init = (m0, l0, jnp.zeros((*row_shape, v_blocks.shape[-1]), dtype))
     # A scan of static length (not a while loop of the count): the backward pass stays
     # differentiable, for gradients of gradients.
     (m, denom, acc), _ = lax.scan(step, init, jnp.arange(cfg.fwd_steps, dtype=jnp.int32))
@@ -327,7 +348,7 @@ def _forward(cfg, q_blocks, k_blocks, v_blocks, bias, params, score_float, score
     safe_denom = jnp.where(has_keys, denom, 1.0)
     out = acc / safe_denom[..., None]
     lse = jnp.where(has_keys, m + jnp.log(safe_denom), 0.0)
-    return out.astype(q_blocks.dtype), lse
+    return out.astype(q_blocks.dtype), lse, has_keys
 
   return lax.map(query_block, (jnp.arange(cfg.layout.num_q_blocks, dtype=jnp.int32), q_blocks))
 
@@ -339,12 +360,24 @@ def _backward(cfg, residuals, d_out):
   dQ [nQ, B, K, G, bq, H] (O(q_len * head_dim)), dBias, dParams and the score mod's closed-over
   float arrays accumulate across the outer loop.
   """
-  (q_blocks, k_blocks, v_blocks, bias, params, score_float, score_other, terms, walk, seed,
-   out, lse) = residuals
+  (q_blocks, k_blocks, v_blocks, bias, sinks, params, score_float, score_other, terms, walk, seed,
+   out, lse, seen) = residuals
+  d_out, d_residual = d_out
+  # A row that sees nothing has the constant residual -inf: its cotangent (NaN, say, from a
+  # logaddexp of two -inf) is dropped, with `where`.
+  d_residual = jnp.where(seen, d_residual, 0.0)
   dtype = _stat_dtype(q_blocks)
   mod_args = (score_float, score_other, terms.batch_index)
-  # delta = rowsum(dO * O) = rowsum(P * dP): the softmax Jacobian's correction term per row.
+  # delta = rowsum(dO * O) = rowsum(P * dP): the softmax Jacobian's correction term per row. The
+  # residual's cotangent adds P * d_residual to dLogits (d lse / d l_ij = P_ij): delta less it.
   delta = jnp.sum(d_out.astype(dtype) * out.astype(dtype), axis=-1)  # [nQ, B, K, G, bq]
+  delta = delta - d_residual.astype(dtype)
+  d_sinks = None
+  if sinks is not None:
+    # The sink's probability per row is exp(sink - lse); its value is 0, so dP_sink = 0 and
+    # dSink = sum over rows of P_sink * (0 - delta).
+    p_sink = jnp.exp(sinks.astype(dtype)[None, None, :, :, None] - lse)
+    d_sinks = -jnp.sum(p_sink * delta, axis=(0, 1, 4)).astype(sinks.dtype)  # [K, G]
 
   def block_grads(i, j, k_blk, v_blk, masked):
     q_blk, do_blk = q_blocks[i], d_out[i]  # [B, K, G, bq, H], [B, K, G, bq, Hv]
@@ -358,7 +391,7 @@ def _backward(cfg, residuals, d_out):
     # dV^T = dO^T P: [B, K, G*bq, Hv] x [B, K, G*bq, bk] -> [B, K, Hv, bk] (summed over G too)
     dv_t = _t_matmul(_rows(do_blk), _rows(drop(p).astype(do_blk.dtype)), dtype)
     # [B, K, G*bq, Hv] x [B, K, bk, Hv] -> [B, K, G*bq, bk]
-    dp = jnp.einsum("bkqh,bksh->bkqs", _rows(do_blk), v_blk, preferred_element_type=dtype)
+    dp = _einsum("bkqh,bksh->bkqs", _rows(do_blk), v_blk, dtype)
     d_logits = p * (drop(dp.reshape(p.shape)) - delta[i][..., None])
     dq, dk_t, dparams, d_bias, d_consts = logits_vjp(d_logits)
     return dq, dk_t, dv_t, (None if bias is None else d_bias), dparams, d_consts
@@ -393,25 +426,34 @@ def _backward(cfg, residuals, d_out):
   (dq, dbias, dparams, dconsts), (dk, dv) = lax.scan(key_block, carry, xs)
   cast = lambda d, x: None if d is None else d.astype(x.dtype)
   return (cast(dq, q_blocks), cast(dk, k_blocks), cast(dv, v_blocks), cast(dbias, bias),
-          jax.tree.map(cast, dparams, params), jax.tree.map(cast, dconsts, score_float),
+          d_sinks, jax.tree.map(cast, dparams, params), jax.tree.map(cast, dconsts, score_float),
           None, None, None, None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def attend_blocks(cfg: Config, q_blocks, k_blocks, v_blocks, bias, params, score_float,
+def attend_blocks(cfg: Config, q_blocks, k_blocks, v_blocks, bias, sinks, params, score_float,
                   score_other, terms: Terms, walk: Walk, seed=None):
   """Blocked attention: q_blocks [nQ, B, K, G, bq, H], k/v_blocks [nK, B, K, bk, H|Hv] ->
-  [nQ, B, K, G, bq, Hv]. ``bias`` [B|1, K|1, G|1, T_pad|1, S_pad|1]; ``params`` the score
-  function's; ``score_float`` / ``score_other`` the score mod's closed-over float / other arrays
+  (out [nQ, B, K, G, bq, Hv], residual [nQ, B, K, G, bq]: the float32 log-sum-exp of each row,
+  -inf for a row that sees nothing). ``bias`` [B|1, K|1, G|1, T_pad|1, S_pad|1]; ``sinks``
+  [K, G] float (one sink logit per query head) or None; ``params`` the score function's;
+  ``score_float`` / ``score_other`` the score mod's closed-over float / other arrays
   (differentiated / not); ``terms`` the mask's array terms; ``walk`` for one batch row (or
   all); ``seed``: the dropout key's data (uint32) when ``cfg.dropout_rate`` > 0."""
-  return _forward(cfg, q_blocks, k_blocks, v_blocks, bias, params, score_float, score_other,
-                  terms, walk, seed)[0]
+  out, lse, seen = _forward(cfg, q_blocks, k_blocks, v_blocks, bias, sinks, params, score_float,
+                            score_other, terms, walk, seed)
+  return out, _residual(lse, seen)
+
+
+def _residual(lse, seen):
+  # -inf where the row sees nothing, formed as log(0): no -inf literal for jax_debug_infs.
+  return lse + jnp.log(seen.astype(lse.dtype))
 
 
 def _attend_blocks_fwd(cfg, *args):
-  out, lse = _forward(cfg, *args)
-  return out, (*args, out, lse)  # beyond the inputs: the output and the log-sum-exp, O(T) each
+  out, lse, seen = _forward(cfg, *args)
+  # Beyond the inputs: the output and the log-sum-exp, O(T) each.
+  return (out, _residual(lse, seen)), (*args, out, lse, seen)
 
 
 attend_blocks.defvjp(_attend_blocks_fwd, _backward)

@@ -188,7 +188,9 @@ def grid_index(batch: int, num_heads: int, q_len: int, kv_len: int):
 def dense_mask(mask_mod: MaskMod, batch: int, num_heads: int, q_len: int, kv_len: int) -> Array:
   """``mask_mod`` on the full grid: bool broadcastable to [B, N, T, S] (size 1 on the axes it
   does not depend on). The definition the chunked kernel reproduces block by block."""
-  return jnp.asarray(mask_mod(*grid_index(batch, num_heads, q_len, kv_len)))
+  mask = jnp.asarray(mask_mod(*grid_index(batch, num_heads, q_len, kv_len)))
+  # Any shape that broadcasts to the grid (a 0-d `noop_mask` included) becomes 4-D.
+  return jnp.reshape(mask, (1,) * (4 - mask.ndim) + mask.shape)
 
 
 def check_signature(score_mod: ScoreMod | None = None, mask_mod: MaskMod | None = None) -> None:

@@ -64,6 +64,9 @@ class MultiHeadAttention(nnx.Module):
     positional: "none", "rope" (rotates queries and keys), "alibi" (linear distance bias) or
       "relative" (T5 bucketed bias, a learned [num_buckets, N] table).
     dropout_rate: dropout on the attention weights (active in ``train()`` mode only).
+    sinks: a learnable sink logit per query head (``self.sinks``, [num_heads], initialised to
+      zeros: at the start each row also normalises over one extra key of logit 0 and no value),
+      as in gpt-oss; see ``sinks`` of `attn_jax.dot_product_attention`.
     implementation: passed to `attn_jax.dot_product_attention` for the dot, cosine and bilinear
       scores; for the additive score None (chunked for long sequences), "reference" or "chunked".
   """
@@ -73,7 +76,7 @@ class MultiHeadAttention(nnx.Module):
       head_dim: int | None = None, out_features: int | None = None, score: str = "dot",
       score_hidden: int | None = None, positional: str = "none", num_buckets: int = 32,
       max_distance: int = 128, dropout_rate: float = 0.0, use_bias: bool = True,
-      implementation: str | None = None, rngs: nnx.Rngs):
+      implementation: str | None = None, sinks: bool = False, rngs: nnx.Rngs):
     num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
     if num_heads <= 0 or num_kv_heads <= 0 or num_heads % num_kv_heads:
       raise ValueError(f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
@@ -125,6 +128,7 @@ class MultiHeadAttention(nnx.Module):
     self.relative_table = nnx.Param(jnp.zeros((num_buckets, num_heads))) \
         if positional == "relative" else None
     self.attn_dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.sinks = nnx.Param(jnp.zeros((num_heads,))) if sinks else None
 
   def _project(self, inputs_q: Array, inputs_kv: Array | None, query_scale: float | None = None):
     """-> query [B, T, N, H], key [B, S, K, H], value [B, S, K, H].
@@ -226,13 +230,17 @@ class MultiHeadAttention(nnx.Module):
     else:
       out_BTNH = dot_product_attention(
           query, key, value, bias, mask, is_causal=masked_causal, score=score, scale=scale,
-          implementation=self.implementation, score_mod=score_mod, block_mask=block_mask)
+          implementation=self.implementation, score_mod=score_mod, block_mask=block_mask,
+          sinks=self._sinks())
       weights = None
     # [B, T, N, H] x [N, H, D_out] -> [B, T, D_out]
     out = jnp.einsum("btnh,nhd->btd", out_BTNH, self.out_kernel[...].astype(out_BTNH.dtype))
     if self.out_bias is not None:
       out = out + self.out_bias[...].astype(out.dtype)
     return (out, weights) if return_weights else out
+
+  def _sinks(self) -> Array | None:
+    return None if self.sinks is None else self.sinks[...]
 
   def _position_mod(self, is_causal, query_positions, key_positions) -> mods.ScoreMod | None:
     """ALiBi and T5 relative positions as score mods (None for the other schemes)."""
@@ -273,7 +281,7 @@ class MultiHeadAttention(nnx.Module):
         query, key, value, bias=as_4d(bias), mask=as_4d(mask), is_causal=is_causal,
         scale=scale, score_fn=score_fn, score_params=params, params_per_head=params is not None,
         score_mod=score_mod, block_mask=block_mask, dropout_rate=dropout_rate,
-        dropout_rng=dropout_rng)
+        dropout_rng=dropout_rng, sinks=self._sinks())
     return out.astype(dtype)
 
   def _attend_with_weights(self, query, key, value, bias, mask, is_causal, score, scale,
@@ -292,7 +300,8 @@ class MultiHeadAttention(nnx.Module):
       score_fn = batched.score_fn_for(score, default if scale is None else scale)
     out, weights = batched.reference_attention(
         query, key, value, as_4d(bias), mask, score_fn=score_fn, params=params,
-        params_per_head=params is not None, score_mod=score_mod, return_weights=True)
+        params_per_head=params is not None, score_mod=score_mod, sinks=self._sinks(),
+        return_weights=True)
     if self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic:
       # Dropout on the weights, then recombine: weights [B, N, T, S] x value [B, S, K, H].
       weights = self.attn_dropout(weights)

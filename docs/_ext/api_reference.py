@@ -71,6 +71,18 @@ def _home_module(value, name: str, modname: str, documented: tuple[str, ...]) ->
       # A function or class lives where it is defined; a constant where its module defines it.
       if home == other or (kind_of(value) == "data" and not hasattr(module, "__all__")):
         return other
+  # Defined in a module without a page (attn_jax.core.block_mask) and exported by several
+  # pages (attn_jax, attn_jax.core): documented once, on the exporting page nearest to where it
+  # is defined (the longest prefix of its module), and linked from the others.
+  home = getattr(value, "__module__", None) or ""
+  exporters = [m for m in documented
+               if name in public_names(importlib.import_module(m))
+               and getattr(importlib.import_module(m), name, None) is value
+               and (home == m or home.startswith(m + "."))]
+  if kind_of(value) != "data" and exporters:
+    nearest = max(exporters, key=len)
+    if nearest != modname:
+      return nearest
   return None
 
 
@@ -294,7 +306,24 @@ def _documented_by_identity(app, env) -> dict[int, str]:
 
 
 def resolve_backtick_name(app, env, node, contnode):
-  if node.get("refdomain") != "py" or node.get("reftype") not in ("obj", "class"):
+  if node.get("refdomain") != "py":
+    return None
+  reftype = node.get("reftype")
+  if reftype in ("func", "meth", "attr", "data", "exc", "mod"):
+    # An explicit role ({py:func}`attn_jax.create_block_mask`) naming a re-export of a name
+    # documented under another module: linked by identity, like a backtick name. A name that
+    # exists nowhere stays a warning.
+    target = node.get("reftarget", "").removesuffix("()")
+    if not target.startswith(PACKAGE + ".") or not _IDENTIFIER.match(target):
+      return None
+    value = _import_dotted(target)
+    fullname = None if value is _MISSING else _documented_by_identity(app, env).get(id(value))
+    if fullname is None:
+      return None
+    entry = env.get_domain("py").objects[fullname]
+    return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode,
+                        fullname)
+  if reftype not in ("obj", "class"):
     return None
   target = node.get("reftarget", "")
   if target.endswith("()"):
