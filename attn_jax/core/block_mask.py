@@ -184,12 +184,13 @@ def build(program: ModProgram | None, consts, dense, *, batch: int | None,
               (0, nk * block_k - kv_len if dense.shape[3] > 1 else 0)]
     padded = jnp.pad(dense, widths, constant_values=False)
   traced = _is_traced(consts, dense)
-  summarize = lambda: block_plan.summarize(shape, (block_q, block_k), program, consts, padded)
+  summarize = lambda concrete: block_plan.summarize(shape, (block_q, block_k), program, consts,
+                                                     padded, concrete=concrete)
   if traced:
-    kind, rows_seen, keys_seen = summarize()
+    kind, rows_seen, keys_seen = summarize(False)
   else:
     with jax.ensure_compile_time_eval():
-      kind, rows_seen, keys_seen = (np.asarray(x) for x in summarize())
+      kind, rows_seen, keys_seen = (np.asarray(x) for x in summarize(True))
   if traced and bound is None:
     steps = (nk, nq)
   else:

@@ -26,6 +26,9 @@ from jax import lax
 Array = jax.Array
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
+#: Pairs evaluated at once when a small plan is computed at trace time (in numpy, rows of blocks
+#: grouped up to this many).
+CONCRETE_ELEMENTS = 2**24
 
 
 class ModProgram:
@@ -121,11 +124,15 @@ def allowed(sizes, program: ModProgram | None, consts, dense, b, h, q_start, num
   return result
 
 
-def summarize(shape, blocks, program: ModProgram | None, consts, dense) -> tuple[Any, Any, Any]:
+def summarize(shape, blocks, program: ModProgram | None, consts, dense, *,
+              concrete: bool = False) -> tuple[Any, Any, Any]:
   """-> kind int8 [Bm, Hm, nQ, nK], rows_seen bool [Bm, Hm, T], keys_seen bool [Bm, Hm, S].
 
   shape: (Bm, Hm, T, S), the sizes the mask depends on (1 where it does not); blocks: (bq, bk);
-  dense: bool [Bm|1, Hm|1, T_pad|1, S_pad|1] or None. One row of query blocks at a time.
+  dense: bool [Bm|1, Hm|1, T_pad|1, S_pad|1] or None. One row of query blocks at a time, in a
+  `lax.map` on device; with ``concrete`` (nothing traced, evaluated at trace time) and a grid of
+  at most 4 CONCRETE_ELEMENTS pairs in numpy, several rows at a time, with no loop to compile
+  (larger grids: the compiled loop is the faster).
   """
   bm, hm, q_len, kv_len = shape
   bq, bk = blocks
@@ -145,6 +152,20 @@ def summarize(shape, blocks, program: ModProgram | None, consts, dense) -> tuple
     kind = jnp.where(all_, FULL, jnp.where(any_, PARTIAL, EMPTY)).astype(jnp.int8)
     return kind, jnp.any(a, axis=3), jnp.any(a, axis=2)
 
+  if concrete and bm * hm * sizes[2] * sizes[3] <= 4 * CONCRETE_ELEMENTS:
+    per_group = max(1, CONCRETE_ELEMENTS // (bm * hm * bq * sizes[3]))
+    kinds, rows_seen, keys_seen = [], [], np.zeros((bm, hm, sizes[3]), bool)
+    for start in range(0, nq, per_group):
+      n = min(per_group, nq - start)
+      a = allowed(sizes, program, consts, dense, b, h, start * bq, n * bq, 0, sizes[3])
+      a = np.broadcast_to(np.asarray(a), (bm, hm, n * bq, sizes[3]))
+      per_block = a.reshape(bm, hm, n, bq, nk, bk)
+      any_, all_ = per_block.any(axis=(3, 5)), per_block.all(axis=(3, 5))  # [Bm, Hm, n, nK]
+      kinds.append(np.where(all_, FULL, np.where(any_, PARTIAL, EMPTY)).astype(np.int8))
+      rows_seen.append(a.any(axis=3))
+      keys_seen |= a.any(axis=2)
+    return (np.concatenate(kinds, axis=2), np.concatenate(rows_seen, axis=2)[..., :q_len],
+            keys_seen[..., :kv_len])
   # [nQ, Bm, Hm, nK], [nQ, Bm, Hm, bq], [nQ, Bm, Hm, S_pad]
   kind, rows, keys = lax.map(one_row, jnp.arange(nq, dtype=jnp.int32))
   rows = jnp.moveaxis(rows, 0, 2).reshape(bm, hm, nq * bq)[..., :q_len]

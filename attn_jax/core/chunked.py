@@ -208,9 +208,9 @@ def call_block_mask(batch: int, q_len: int, kv_len: int, num_heads: int, *,
   the terms known at trace time (windows, a static ``mask_mod``), else DEFAULT_BLOCK.
 
   Example:
-    >>> bm = call_block_mask(1, 16384, 16384, 4, local_window_size=(256, 0))
-    >>> bm.block_q, bm.max_kv_blocks  # small blocks for a narrow band, 5 per query block
-    (64, 5)
+    >>> bm = call_block_mask(1, 2048, 2048, 4, local_window_size=(128, 0))
+    >>> bm.block_q, bm.max_kv_blocks  # small blocks for a narrow band, 3 per query block
+    (64, 3)
   """
   as_int32 = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
   static = mods.and_masks(mods.causal() if is_causal else None,

@@ -157,8 +157,3 @@ def test_wrong_sizes_and_cudnn_raise():
     attn_jax.dot_product_attention(query, key, value, block_mask=ok, implementation="cudnn")
   with pytest.raises(ValueError, match="elementwise"):
     create_block_mask(lambda b, h, q, kv: jnp.ones((4, 4), bool), None, None, T, T)
-
-
-def test_blocks_chosen_for_a_static_window():
-  bm = create_block_mask(mods.sliding_window(256, 0), None, None, 16384, 16384)
-  assert (bm.block_q, bm.block_k, bm.max_kv_blocks) == (64, 64, 5)

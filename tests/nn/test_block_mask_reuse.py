@@ -27,7 +27,8 @@ def test_block_mask_equals_segment_ids_and_the_dense_mask():
 def test_encoder_plans_once_per_forward_pass(monkeypatch):
   calls = []
   summarize = block_plan.summarize
-  monkeypatch.setattr(block_plan, "summarize", lambda *a: calls.append(1) or summarize(*a))
+  monkeypatch.setattr(block_plan, "summarize",
+                      lambda *a, **kw: calls.append(1) or summarize(*a, **kw))
   model = TransformerEncoder(vocab_size=11, max_len=16, num_layers=3, num_heads=2, d_model=8,
                              d_ff=16, causal=True, implementation="chunked", rngs=nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 10), 0, 11)
