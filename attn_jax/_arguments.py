@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from attn_jax.core import mods
+from attn_jax.core.block_mask import BlockMask
 
 Array = jax.Array
 #: The implementations `attn_jax.dot_product_attention` can be asked for by name.
-IMPLEMENTATIONS = ("reference", "xla", "cudnn", "chunked")
+IMPLEMENTATIONS = ("reference", "xla", "cudnn", "chunked", "pallas", "splash")
 
 
 class Arguments(NamedTuple):
@@ -33,6 +34,7 @@ class Arguments(NamedTuple):
   score: str
   score_mod: Any
   mask_mod: Any
+  block_mask: Any = None  # attn_jax.core.block_mask.BlockMask
 
   @property
   def has_seq_lengths(self) -> bool:
@@ -40,7 +42,7 @@ class Arguments(NamedTuple):
 
   @property
   def has_mods(self) -> bool:
-    return self.score_mod is not None or self.mask_mod is not None
+    return self.score_mod is not None or self.mask_mod is not None or self.block_mask is not None
 
 
 def _ensure_4d(x: Array | None, name: str) -> Array | None:
@@ -61,7 +63,7 @@ def _check_broadcast(x: Array | None, target: tuple[int, ...], name: str) -> Non
 def validate(query, key, value, bias=None, mask=None, *, query_seq_lengths=None,
              key_value_seq_lengths=None, local_window_size=None, is_causal=False, score="dot",
              scores=("dot", "cosine"), implementation=None, score_mod=None,
-             mask_mod=None) -> Arguments:
+             mask_mod=None, block_mask=None) -> Arguments:
   """Make everything 4-D and check it; returns the normalised arguments."""
   query, key, value = (jnp.asarray(x) for x in (query, key, value))
   if query.ndim not in (3, 4) or key.ndim != query.ndim or value.ndim != query.ndim:
@@ -116,5 +118,22 @@ def validate(query, key, value, bias=None, mask=None, *, query_seq_lengths=None,
     raise ValueError(f"implementation must be None or one of {IMPLEMENTATIONS}; got "
                      f"{implementation!r}")
   mods.check(score_mod, mask_mod, target)
+  if block_mask is not None:
+    if not isinstance(block_mask, BlockMask):
+      raise ValueError(f"block_mask must come from attn_jax.create_block_mask; got {block_mask!r}")
+    block_mask.check_sizes(batch, num_heads, q_len, kv_len)
   return Arguments(query, key, value, bias, mask, *lengths, local_window_size, bool(is_causal),
-                   score, score_mod, mask_mod)
+                   score, score_mod, mask_mod, block_mask)
+
+
+def validate_sinks(sinks, num_heads: int) -> Array | None:
+  """``sinks`` as a float [num_heads] array (one sink logit per query head), or None; raises
+  ValueError naming ``sinks`` and the expected and received shapes otherwise."""
+  if sinks is None:
+    return None
+  sinks = jnp.asarray(sinks)
+  if sinks.shape != (num_heads,) or not jnp.issubdtype(sinks.dtype, jnp.floating):
+    raise ValueError(
+        f"sinks must be float [N] = ({num_heads},), one logit per query head; got {sinks.dtype} "
+        f"{sinks.shape}")
+  return sinks

@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax._arguments import IMPLEMENTATIONS as IMPLEMENTATIONS  # re-exported
-from attn_jax._arguments import Arguments, validate
-from attn_jax.core import batched, chunked, cudnn, masks, mods, scores
+from attn_jax._arguments import Arguments, validate, validate_sinks
+from attn_jax.core import batched, chunked, cudnn, masks, mods, pallas_attention, scores, splash
+from attn_jax.core.block_mask import BlockMask
 
 Array = jax.Array
-Implementation = Literal["reference", "xla", "cudnn", "chunked"]
+Implementation = Literal["reference", "xla", "cudnn", "chunked", "pallas", "splash"]
 SCORES = scores.PARAMETER_FREE  # the scores taken by name here (weighted ones: the modules)
 
 # The default dispatch, after cuDNN (where it applies, see `cudnn.unsupported_reason`):
@@ -72,19 +73,23 @@ def _combined_mask(args: Arguments) -> Array | None:
       if args.has_seq_lengths else None,
       None if args.mask_mod is None else mods.dense_mask(args.mask_mod, batch, num_heads, q_len,
                                                          kv_len),
+      None if args.block_mask is None else args.block_mask.to_dense(),
   )
 
 
-def _cudnn_reason(args: Arguments) -> str | None:
+def _cudnn_reason(args: Arguments, *, has_sinks: bool = False, return_residual: bool = False,
+                  has_dropout: bool = False) -> str | None:
   return cudnn.unsupported_reason(
       args.query, args.key, args.value, args.bias, args.mask, score=args.score,
       is_causal=args.is_causal, local_window_size=args.local_window_size,
-      has_seq_lengths=args.has_seq_lengths, has_mods=args.has_mods)
+      has_seq_lengths=args.has_seq_lengths, has_mods=args.has_mods, has_sinks=has_sinks,
+      return_residual=return_residual, has_dropout=has_dropout)
 
 
-def _choose(args: Arguments) -> str:
-  """The fastest implementation valid for these (validated) arguments on this backend."""
-  if _cudnn_reason(args) is None:
+def _choose(args: Arguments, **facts) -> str:
+  """The fastest implementation valid for these (validated) arguments on this backend; ``facts``
+  (has_sinks, return_residual, has_dropout) as `_cudnn_reason` takes them."""
+  if _cudnn_reason(args, **facts) is None:
     return "cudnn"
   batch, q_len, num_heads, _ = args.query.shape
   per_head = q_len * args.key.shape[1]
@@ -99,21 +104,39 @@ def _choose(args: Arguments) -> str:
   return "chunked" if too_big else "xla"
 
 
-def _resolve(implementation, args: Arguments) -> str:
+def _resolve(implementation, args: Arguments, **facts) -> str:
   if implementation is None:
-    return _choose(args)
+    return _choose(args, **facts)
   if implementation == "cudnn":
-    reason = _cudnn_reason(args)
+    reason = _cudnn_reason(args, **facts)
     if reason is not None:
       raise ValueError(f"implementation='cudnn' cannot serve these arguments: {reason}")
+  if implementation == "pallas":  # never the default: no GPU measurement says it is ahead yet
+    reason = pallas_attention.unsupported_reason()
+    if reason is not None:
+      raise ValueError(f"implementation='pallas' cannot serve these arguments: {reason}")
+  if implementation == "splash":  # by name only until a TPU measurement says more
+    reason = splash.unsupported_reason(
+        args.query, args.key, score=args.score, bias=args.bias, mask=args.mask,
+        has_seq_lengths=args.has_seq_lengths, score_mod=args.score_mod, mask_mod=_all_mods(args))
+    if reason is None and any(facts.values()):
+      reason = "splash is called here without sinks, residual or dropout"
+    if reason is not None:
+      raise ValueError(f"implementation='splash' cannot serve these arguments: {reason}")
   return implementation
+
+
+def _all_mods(args: Arguments):
+  """The mask_mod and the block mask's mod as one mask_mod (or None)."""
+  return mods.and_masks(args.mask_mod,
+                        None if args.block_mask is None else args.block_mask.mask_mod)
 
 
 def select_implementation(
     query, key, value, bias=None, mask=None, *, is_causal: bool = False,
     query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
     score: str = "dot", implementation: Implementation | None = None, score_mod=None,
-    mask_mod=None) -> str:
+    mask_mod=None, block_mask=None, sinks=None, return_residual: bool = False) -> str:
   """Which implementation `dot_product_attention` would run for these arguments.
 
   Takes the same arguments; returns one of ``IMPLEMENTATIONS``, or raises the ValueError the call
@@ -123,8 +146,10 @@ def select_implementation(
                   key_value_seq_lengths=key_value_seq_lengths,
                   local_window_size=local_window_size, is_causal=is_causal, score=score,
                   scores=SCORES, implementation=implementation, score_mod=score_mod,
-                  mask_mod=mask_mod)
-  return _resolve(implementation, args)
+                  mask_mod=mask_mod, block_mask=block_mask)
+  validate_sinks(sinks, args.query.shape[2])
+  return _resolve(implementation, args, has_sinks=sinks is not None,
+                  return_residual=bool(return_residual))
 
 
 def dot_product_attention(
@@ -132,7 +157,8 @@ def dot_product_attention(
     is_causal: bool = False, query_seq_lengths=None, key_value_seq_lengths=None,
     local_window_size: int | Sequence[int] | None = None, score: str = "dot",
     implementation: Implementation | None = None, score_mod: mods.ScoreMod | None = None,
-    mask_mod: mods.MaskMod | None = None) -> Array:
+    mask_mod: mods.MaskMod | None = None, block_mask: BlockMask | None = None,
+    return_residual: bool = False, sinks=None) -> Array | tuple[Array, Array]:
   """Multi-head attention over a batch; a drop-in for `jax.nn.dot_product_attention`.
 
   Args:
@@ -149,8 +175,11 @@ def dot_product_attention(
     score: "dot" (scaled dot product) or "cosine" (query and key L2-normalised per head).
     implementation: None (the fastest valid on this backend: cuDNN on NVIDIA GPUs where it
       applies, else XLA, or chunked for large T * S), "reference" (the single-head definition,
-      vmapped), "xla", "cudnn" or "chunked" (memory-efficient: no [T, S] matrix held at once).
-      A requested implementation that cannot serve the arguments raises ValueError.
+      vmapped), "xla", "cudnn", "chunked" (memory-efficient: no [T, S] matrix held at once) or
+      "pallas" (the chunked semantics as a Pallas kernel: compiled on a GPU, interpreted on
+      CPU, for tests; never picked by default) or "splash" (jax's TPU splash attention, for
+      masks known at trace time; by name only). A requested implementation that cannot serve
+      the arguments raises ValueError.
     score_mod: ``score_mod(score, b, h, q_idx, kv_idx) -> score`` on the float32 logit
       (``scale * q . k``, plus ``bias``), before masking and the softmax.
     mask_mod: ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (True = may attend), AND-ed with every
@@ -159,30 +188,59 @@ def dot_product_attention(
       elementwise jnp code, and may close over arrays; gradients flow into the float ones. The
       "chunked" implementation skips the blocks a mask_mod rules out and never holds a [T, S]
       array; "cudnn" takes no mods.
+    block_mask: a `attn_jax.create_block_mask` value for these sizes; equivalent to passing its
+      mask_mod (AND-ed with every other mask argument), with the block plan computed once where
+      it was created: "chunked" walks it as it is (given alone; with other mask arguments it
+      plans both again), "reference" and "xla" evaluate its mod on the grid; "cudnn" takes none.
+    return_residual: as jax.nn's: also return the residual [B, T, N] (or [T, N]), float32, the
+      log of each query row's softmax normaliser: logsumexp of the logits (after score_mod) over
+      the keys the row may attend, plus the sink term; -inf for a row that sees nothing. Two
+      calls over disjoint key sets merge into the call over their union:
+      ``lse = logaddexp(lse1, lse2); out = exp(lse1 - lse) out1 + exp(lse2 - lse) out2``.
+    sinks: float [N], one learnable logit per query head (attention sinks, gpt-oss; Xiao et al.
+      2023): every row also normalises over a virtual key with logit ``sinks[h]`` and no value,
+      ``p_ij = exp(l_ij) / (exp(sinks[h]) + sum_j exp(l_ij))``; gradients flow into it. A row
+      that may attend no key gives zeros. "cudnn" takes none.
 
   Returns:
-    [B, T, N, H] (or [T, N, H]) in the query's dtype. Query rows that may attend no key are zeros.
+    [B, T, N, H] (or [T, N, H]) in the query's dtype, and with ``return_residual`` also the
+    residual. Query rows that may attend no key are zeros.
   """
   unbatched = jnp.ndim(query) == 3
   args = validate(query, key, value, bias, mask, query_seq_lengths=query_seq_lengths,
                   key_value_seq_lengths=key_value_seq_lengths,
                   local_window_size=local_window_size, is_causal=is_causal, score=score,
                   scores=SCORES, implementation=implementation, score_mod=score_mod,
-                  mask_mod=mask_mod)
-  chosen = _resolve(implementation, args)
+                  mask_mod=mask_mod, block_mask=block_mask)
+  sinks = validate_sinks(sinks, args.query.shape[2])
+  return_residual = bool(return_residual)
+  chosen = _resolve(implementation, args, has_sinks=sinks is not None,
+                    return_residual=return_residual)
   scale = _default_scale(score, args.query.shape[-1], scale)
-  if chosen == "chunked":
-    q, k = args.query, args.key
-    if score == "cosine":  # the dot product of unit vectors; normalised in float32
-      q, k = scores.l2_normalize(q), scores.l2_normalize(k)
+  q, k = args.query, args.key
+  if chosen in ("chunked", "pallas") and score == "cosine":
+    # The dot product of unit vectors; normalised in float32.
+    q, k = scores.l2_normalize(q), scores.l2_normalize(k)
+  if chosen == "pallas":
+    out = pallas_attention.pallas_attention(
+        q, k, args.value, bias=args.bias, mask=args.mask, scale=float(scale),
+        is_causal=args.is_causal, query_seq_lengths=args.query_seq_lengths,
+        key_value_seq_lengths=args.key_value_seq_lengths,
+        local_window_size=args.local_window_size, score_mod=score_mod, mask_mod=mask_mod,
+        block_mask=block_mask, sinks=sinks, return_residual=return_residual)
+  elif chosen == "splash":
+    out = splash.splash_attention(q, k, args.value, scale=float(scale), is_causal=args.is_causal,
+                                  local_window_size=args.local_window_size,
+                                  mask_mod=_all_mods(args))
+  elif chosen == "chunked":
     out = chunked.attend(
         q, k, args.value, bias=args.bias, mask=args.mask, scale=float(scale),
         is_causal=args.is_causal, query_seq_lengths=args.query_seq_lengths,
         key_value_seq_lengths=args.key_value_seq_lengths,
         local_window_size=args.local_window_size, score_fn=None, score_params=None,
         params_per_head=False, score_mod=score_mod, mask_mod=mask_mod,
-        block_q=None, block_k=None)
-    out = out.astype(args.query.dtype)
+        block_mask=block_mask, block_q=None, block_k=None, sinks=sinks,
+        return_residual=return_residual)
   else:
     combined = _combined_mask(args)
     if chosen == "cudnn":
@@ -193,11 +251,17 @@ def dot_product_attention(
           local_window_size=args.local_window_size)
     elif chosen == "reference":
       out = batched.reference_attention(args.query, args.key, args.value, args.bias, combined,
-                                        scale=scale, score=score, score_mod=score_mod)
+                                        scale=scale, score=score, score_mod=score_mod,
+                                        sinks=sinks, return_residual=return_residual)
     else:
       out = batched.xla_attention(args.query, args.key, args.value, args.bias, combined,
-                                  scale=scale, score=score, score_mod=score_mod)
-  return out[0] if unbatched else out
+                                  scale=scale, score=score, score_mod=score_mod, sinks=sinks,
+                                  return_residual=return_residual)
+  out, residual = out if return_residual else (out, None)
+  out = out.astype(args.query.dtype)
+  if unbatched:
+    out, residual = out[0], None if residual is None else residual[0]
+  return (out, residual) if return_residual else out
 
 
 def attention_weights(

@@ -30,21 +30,21 @@ extensions = [
     "sphinx.ext.napoleon",  # the Google-style "Args:" / "Returns:" sections
     "sphinx.ext.viewcode",
     "api_reference",  # docs/_ext/api_reference.py: module pages, coverage, backtick names
+    "mathml",  # docs/_ext/mathml.py: formulas converted to MathML at build time (no script)
+    "benchmark_tables",  # docs/_ext/benchmark_tables.py: tables from benchmarks/results/*.json
+    "notebook_download",  # docs/_ext/notebook_download.py: the executed notebooks as .ipynb
+    "site_check",  # docs/_ext/site_check.py: links, anchors, nothing from the network, examples
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
-exclude_patterns = ["_build", "results", "**.ipynb_checkpoints", "jupyter_execute"]
+# guides/_*.md: sections included by a guide, not pages of their own.
+exclude_patterns = ["_build", "results", "**.ipynb_checkpoints", "jupyter_execute", "guides/_*.md"]
 templates_path = ["_templates"]
 
 # A missing or broken reference is an error under -W. Names outside the project (jax, flax,
 # numpy, ...) cannot be linked without network access at build time; they are rendered as code.
 nitpicky = True
-nitpick_ignore = [
-    # docs/experiments.md links the results folder, which is a directory in the repository, not
-    # a page of this site.
-    ("myst", "results/"),
-]
 
 # ----- API reference ------------------------------------------------------------------------
 # One page per module listed in docs/api/index.md; a module page lists and documents every public
@@ -52,7 +52,7 @@ nitpick_ignore = [
 autosummary_generate = True
 autosummary_ignore_module_all = False
 autodoc_member_order = "bysource"
-autodoc_preserve_defaults = True  # `score_fn=scaled_dot`, not `<function scaled_dot at 0x..>`
+autodoc_preserve_defaults = True  # `score_fn=dot`, not `<function dot at 0x..>`
 autodoc_typehints = "signature"
 autodoc_class_signature = "mixed"
 autoclass_content = "class"
@@ -73,6 +73,7 @@ myst_enable_extensions = ["colon_fence", "dollarmath"]
 myst_heading_anchors = 3
 
 # ----- HTML ---------------------------------------------------------------------------------
+html_math_renderer = "mathml"  # no MathJax: the site loads nothing from the network
 html_theme = "sphinx_book_theme"
 html_title = "attn_jax"
 html_static_path = ["_static"]

@@ -583,10 +583,10 @@ def test_repeated_eager_calls_compile_the_chunked_kernel_once():
     call = lambda q, score=score: attn_jax.dot_product_attention(
         q, key, value, score=score, implementation="chunked")
     call(query)
-    before = chunked.attend._cache_size()
+    before = chunked._attend._cache_size()
     for step in range(3):
       call(query + step)
-    assert chunked.attend._cache_size() == before, score
+    assert chunked._attend._cache_size() == before, score
 
 
 def test_default_above_the_threshold_runs_chunked_and_agrees(monkeypatch):

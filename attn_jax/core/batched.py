@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from attn_jax.core import mods, scores
 from attn_jax.core.attention import multi_head_attend
-from attn_jax.core.softmax import masked_softmax
+from attn_jax.core.softmax import softmax_with_residual
 
 Array = jax.Array
 
@@ -26,7 +26,7 @@ Array = jax.Array
 def score_fn_for(score: str, scale: float) -> scores.ScoreFn:
   """The single-head score function for the batched API's ``score`` name and ``scale``."""
   if score == "dot":
-    return functools.partial(scores.scaled_dot, scale=scale)
+    return functools.partial(scores.dot, scale=scale)
   if score == "cosine":
     return functools.partial(scores.cosine, scale=scale)
   raise ValueError(f"score must be 'dot' or 'cosine'; got {score!r}")
@@ -41,9 +41,9 @@ def _batch_axis(x: Array | None) -> tuple[Array | None, int | None]:
 def reference_attention(
     query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None, *,
     scale: float | None = None, score: str = "dot", score_fn: scores.ScoreFn | None = None,
-    params: Any = None, params_per_head: bool = False, score_mod=None,
-    return_weights: bool = False,
-) -> Array | tuple[Array, Array]:
+    params: Any = None, params_per_head: bool = False, score_mod=None, sinks=None,
+    return_weights: bool = False, return_residual: bool = False,
+) -> Array | tuple[Array, ...]:
   """The single-head `attend`, vmapped over heads and batch.
 
   query [B, T, N, H], key/value [B, S, K, H]; bias/mask [B|1, N|1, T|1, S|1] -> [B, T, N, H], and
@@ -51,21 +51,19 @@ def reference_attention(
   per head, see `multi_head_attend`) overrides the named ``score`` with ``scale``; it is how the
   parameterised scores (additive, bilinear) run over a batch. ``score_mod(score, b, h, q_idx,
   kv_idx)`` (`attn_jax.core.mods`) sees each head's logits [T, S] with its batch and head index.
+  sinks: float [N], one sink logit per query head. With ``return_residual`` the residual
+  [B, T, N] (float32 logsumexp per row, -inf for a row that sees nothing) comes last.
   """
   if score_fn is None:
     score_fn = score_fn_for(score, query.shape[-1] ** -0.5 if scale is None else scale)
   fn = functools.partial(multi_head_attend, score_fn=score_fn, params_per_head=params_per_head,
-                         return_weights=return_weights)
+                         sinks=sinks, return_weights=return_weights,
+                         return_residual=return_residual)
   bias, bias_axis = _batch_axis(bias)
   mask, mask_axis = _batch_axis(mask)
-  q_idx = jnp.arange(query.shape[1], dtype=jnp.int32)[:, None]  # [T, 1]
-  kv_idx = jnp.arange(key.shape[1], dtype=jnp.int32)[None, :]  # [1, S]
 
   def one_example(q, k, v, b, m, example):
-    mod = None
-    if score_mod is not None:
-      mod = lambda logits, head: score_mod(logits, example, head, q_idx, kv_idx)
-    return fn(q, k, v, params=params, bias=b, mask=m, score_mod=mod)
+    return fn(q, k, v, params=params, bias=b, mask=m, score_mod=score_mod, batch_index=example)
 
   batched = jax.vmap(one_example, in_axes=(0, 0, 0, bias_axis, mask_axis, 0))
   return batched(query, key, value, bias, mask, jnp.arange(query.shape[0], dtype=jnp.int32))
@@ -111,9 +109,13 @@ def kv_seen(mask: Array | None) -> Array | None:
 
 def xla_weights(
     query: Array, key: Array, bias: Array | None, mask: Array | None, *, scale: float,
-    score: str = "dot", score_mod=None) -> Array:
+    score: str = "dot", score_mod=None, sinks=None,
+    return_residual: bool = False) -> Array | tuple[Array, Array]:
   """Attention weights (float32), fully masked rows all zero: [B, N, T, S] when N == K, else
-  [B, K, G, T, S]. ``score_mod`` (`attn_jax.core.mods`) modifies the logits after the bias."""
+  [B, K, G, T, S]. ``score_mod`` (`attn_jax.core.mods`) modifies the logits after the bias;
+  ``sinks`` [N] adds one sink logit per query head to each row's normaliser. With
+  ``return_residual`` also the residual [B, T, N] (float32 logsumexp, -inf where nothing is seen).
+  """
   seen_BS11 = None if mask is None else kv_seen(mask)[:, :, None, None]
   if seen_BS11 is not None:
     key = jnp.where(seen_BS11, key, jnp.zeros((), key.dtype))  # see `attend`: where, not multiply
@@ -138,16 +140,29 @@ def xla_weights(
       h = h.reshape(1, num_kv_heads, groups, 1, 1)
     logits = jnp.broadcast_to(score_mod(logits, b, h, q_idx, kv_idx), logits.shape)
     logits = logits.astype(jnp.promote_types(query.dtype, jnp.float32))
-  return masked_softmax(logits, mask)
+  sink = None
+  if sinks is not None:  # [N] -> [1, N, 1, 1] or [1, K, G, 1, 1], like the logits' heads
+    sink = jnp.reshape(sinks, (1, *logits.shape[1:-2], 1, 1))
+  weights, residual = softmax_with_residual(logits, mask, sink=sink)
+  if not return_residual:
+    return weights
+  batch, q_len = query.shape[:2]
+  # [B, N, T] or [B, K, G, T] -> [B, T, N]
+  residual = jnp.swapaxes(jnp.reshape(residual, (batch, -1, q_len)), 1, 2)
+  return weights, residual
 
 
 def xla_attention(
     query: Array, key: Array, value: Array, bias: Array | None, mask: Array | None, *,
-    scale: float, score: str = "dot", score_mod=None,
-) -> Array:
-  """query [B, T, N, H], key/value [B, S, K, H]; bias/mask [B|1, N|1, T|1, S|1] -> [B, T, N, H]."""
+    scale: float, score: str = "dot", score_mod=None, sinks=None, return_residual: bool = False,
+) -> Array | tuple[Array, Array]:
+  """query [B, T, N, H], key/value [B, S, K, H]; bias/mask [B|1, N|1, T|1, S|1] -> [B, T, N, H]
+  (and with ``return_residual`` the residual [B, T, N]); sinks [N] as in `xla_weights`."""
   batch, q_len, num_heads, _ = query.shape
-  weights = xla_weights(query, key, bias, mask, scale=scale, score=score, score_mod=score_mod)
+  weights = xla_weights(query, key, bias, mask, scale=scale, score=score, score_mod=score_mod,
+                        sinks=sinks, return_residual=return_residual)
+  if return_residual:
+    weights, residual = weights
   if mask is not None:
     value = jnp.where(kv_seen(mask)[:, :, None, None], value, jnp.zeros((), value.dtype))
   if weights.ndim == 4:
@@ -156,4 +171,5 @@ def xla_attention(
   else:
     # [B, K, G, T, S] x [B, S, K, H] -> [B, T, K, G, H]
     out = jnp.einsum("bkgts,bskh->btkgh", weights.astype(value.dtype), value)
-  return jnp.reshape(out, (batch, q_len, num_heads, value.shape[-1])).astype(query.dtype)
+  out = jnp.reshape(out, (batch, q_len, num_heads, value.shape[-1])).astype(query.dtype)
+  return (out, residual) if return_residual else out

@@ -7,6 +7,12 @@ Combine them with ``and_masks`` / ``or_masks``, which broadcast and skip ``None`
 
 All functions are pure and jit-compatible: sizes (``q_len``, ``kv_len``, ``window``) are static
 Python ints, while lengths and segment ids may be traced arrays.
+
+Example:
+  >>> from attn_jax.core import masks
+  >>> mask = masks.and_masks(masks.make_causal_mask(4), masks.make_local_mask(4, 4, (1, 0)))
+  >>> mask.shape, int(mask.sum())  # each query sees itself and the key before it
+  ((1, 1, 4, 4), 7)
 """
 
 import functools
@@ -38,7 +44,18 @@ def make_causal_mask(q_len: int, kv_len: int | None = None) -> Array:
   ``tril(ones((q_len, kv_len)))``. With ``kv_len > q_len`` the extra keys at the end are never
   visible; with ``kv_len < q_len`` the last queries see every key.
 
-  Returns: bool [1, 1, q_len, kv_len] (``kv_len`` defaults to ``q_len``).
+  Args:
+    q_len: number of queries T (a static int).
+    kv_len: number of keys S (a static int); defaults to ``q_len``.
+
+  Returns:
+    bool [1, 1, q_len, kv_len], True where query i may attend key j.
+
+  Example:
+    >>> make_causal_mask(3)[0, 0].astype(int)
+    Array([[1, 0, 0],
+           [1, 1, 0],
+           [1, 1, 1]], dtype=int32)
   """
   q_len = _static_size(q_len, "q_len")
   kv_len = q_len if kv_len is None else _static_size(kv_len, "kv_len")
@@ -66,8 +83,22 @@ def make_padding_mask(
   ``s < key_value_seq_lengths[b]``; a missing length means "no padding on that side". A padded
   query row is therefore fully masked (the attention core turns it into zeros).
 
-  q_len, kv_len: static ints. query_seq_lengths, key_value_seq_lengths: int [batch] or None.
-  Returns: bool [batch, 1, q_len, kv_len]; [1, 1, q_len, kv_len] (all True) if both are None.
+  Args:
+    q_len: number of queries T (a static int).
+    kv_len: number of keys S (a static int).
+    query_seq_lengths: int [batch], the valid queries of each example, or None (no padding).
+    key_value_seq_lengths: int [batch], the valid keys of each example, or None (no padding).
+
+  Returns:
+    bool [batch, 1, q_len, kv_len]; [1, 1, q_len, kv_len] (all True) if both lengths are None.
+
+  Example:
+    >>> mask = make_padding_mask(2, 4, key_value_seq_lengths=jnp.array([3, 1]))
+    >>> mask.shape
+    (2, 1, 2, 4)
+    >>> mask[:, 0, 0].astype(int)  # what query 0 of each example sees
+    Array([[1, 1, 1, 0],
+           [1, 0, 0, 0]], dtype=int32)
   """
   q_len = _static_size(q_len, "q_len")
   kv_len = _static_size(kv_len, "kv_len")
@@ -90,10 +121,21 @@ def make_padding_mask(
 def make_segment_mask(query_segment_ids: Array, key_segment_ids: Array | None = None) -> Array:
   """Mask for packed sequences: attend only to keys carrying the query's segment id.
 
-  query_segment_ids: int [batch, q_len]; key_segment_ids: int [batch, kv_len], defaulting to the
-  query's ids (self-attention). Padding is not special: if padding carries an id of its own
-  (commonly 0), padding attends to padding; combine with a padding mask to exclude it.
-  Returns: bool [batch, 1, q_len, kv_len].
+  Padding is not special: if padding carries an id of its own (commonly 0), padding attends to
+  padding; combine with a padding mask to exclude it.
+
+  Args:
+    query_segment_ids: int [batch, q_len], the segment (document) of each query.
+    key_segment_ids: int [batch, kv_len]; defaults to ``query_segment_ids`` (self-attention).
+
+  Returns:
+    bool [batch, 1, q_len, kv_len], True where the query's and the key's segment ids are equal.
+
+  Example:
+    >>> make_segment_mask(jnp.array([[1, 1, 2]]))[0, 0].astype(int)  # two packed documents
+    Array([[1, 1, 0],
+           [1, 1, 0],
+           [0, 0, 1]], dtype=int32)
   """
   query_segment_ids = jnp.asarray(query_segment_ids)
   key_segment_ids = (
@@ -120,8 +162,20 @@ def make_local_mask(q_len: int, kv_len: int, window: int | tuple[int, int]) -> A
   or one int used for both sides. ``(left, 0)`` is causal sliding-window attention (each query sees
   itself and the ``left`` keys before it).
 
-  q_len, kv_len: static ints; window: static int or (int, int), each >= 0.
-  Returns: bool [1, 1, q_len, kv_len].
+  Args:
+    q_len: number of queries T (a static int).
+    kv_len: number of keys S (a static int).
+    window: ``(left, right)``, or one int for both sides; static ints >= 0.
+
+  Returns:
+    bool [1, 1, q_len, kv_len].
+
+  Example:
+    >>> make_local_mask(4, 4, (1, 0))[0, 0].astype(int)  # itself and the one key before
+    Array([[1, 0, 0, 0],
+           [1, 1, 0, 0],
+           [0, 1, 1, 0],
+           [0, 0, 1, 1]], dtype=int32)
   """
   q_len = _static_size(q_len, "q_len")
   kv_len = _static_size(kv_len, "kv_len")
@@ -154,8 +208,19 @@ def _combine(op, masks: tuple, name: str) -> Array | None:
 def and_masks(*masks: Array | None) -> Array | None:
   """Positions allowed by every mask (``None`` entries are skipped).
 
-  masks: bool arrays broadcastable together, e.g. [1, 1, T, S] and [B, 1, T, S].
-  Returns: their broadcast logical AND, or None when no mask is given.
+  Args:
+    *masks: bool arrays broadcastable together, e.g. [1, 1, T, S] and [B, 1, T, S], or None.
+
+  Returns:
+    Their broadcast logical AND, or None when no mask is given.
+
+  Example:
+    >>> causal = make_causal_mask(3)  # [1, 1, 3, 3]
+    >>> padded = make_padding_mask(3, 3, key_value_seq_lengths=jnp.array([2]))  # [1, 1, 3, 3]
+    >>> and_masks(causal, None, padded)[0, 0].astype(int)
+    Array([[1, 0, 0],
+           [1, 1, 0],
+           [1, 1, 0]], dtype=int32)
   """
   return _combine(jnp.logical_and, masks, "and_masks")
 
@@ -163,7 +228,17 @@ def and_masks(*masks: Array | None) -> Array | None:
 def or_masks(*masks: Array | None) -> Array | None:
   """Positions allowed by any mask (``None`` entries are skipped).
 
-  masks: bool arrays broadcastable together, e.g. [1, 1, T, S] and [B, 1, T, S].
-  Returns: their broadcast logical OR, or None when no mask is given.
+  Args:
+    *masks: bool arrays broadcastable together, e.g. [1, 1, T, S] and [B, 1, T, S], or None.
+
+  Returns:
+    Their broadcast logical OR, or None when no mask is given.
+
+  Example:
+    >>> prefix = make_local_mask(3, 3, (3, 3)) & (jnp.arange(3) < 2)  # keys 0, 1: everyone
+    >>> or_masks(make_causal_mask(3), prefix)[0, 0].astype(int)  # a prefix-LM mask
+    Array([[1, 1, 0],
+           [1, 1, 0],
+           [1, 1, 1]], dtype=int32)
   """
   return _combine(jnp.logical_or, masks, "or_masks")

@@ -18,6 +18,7 @@ are these same functions.
 """
 
 import functools
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -187,12 +188,37 @@ def grid_index(batch: int, num_heads: int, q_len: int, kv_len: int):
 def dense_mask(mask_mod: MaskMod, batch: int, num_heads: int, q_len: int, kv_len: int) -> Array:
   """``mask_mod`` on the full grid: bool broadcastable to [B, N, T, S] (size 1 on the axes it
   does not depend on). The definition the chunked kernel reproduces block by block."""
-  return jnp.asarray(mask_mod(*grid_index(batch, num_heads, q_len, kv_len)))
+  mask = jnp.asarray(mask_mod(*grid_index(batch, num_heads, q_len, kv_len)))
+  # Any shape that broadcasts to the grid (a 0-d `noop_mask` included) becomes 4-D.
+  return jnp.reshape(mask, (1,) * (4 - mask.ndim) + mask.shape)
+
+
+def check_signature(score_mod: ScoreMod | None = None, mask_mod: MaskMod | None = None) -> None:
+  """Raises TypeError unless the mods take the one signature of every level:
+  ``score_mod(score, b, h, q_idx, kv_idx)`` and ``mask_mod(b, h, q_idx, kv_idx)``.
+
+  Catches the older single-head spellings (``score_mod(logits)``, ``score_mod(logits, head)``).
+  """
+  for name, fn, params in (("score_mod", score_mod, "score, b, h, q_idx, kv_idx"),
+                           ("mask_mod", mask_mod, "b, h, q_idx, kv_idx")):
+    if fn is None or not callable(fn):
+      continue
+    try:
+      signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (some builtins): trust the caller
+      continue
+    try:
+      signature.bind(*range(params.count(",") + 1))
+    except TypeError:
+      raise TypeError(
+          f"{name} must take ({params}) -> {'score' if name == 'score_mod' else 'bool'}, the one "
+          f"signature of every level (single head: b = h = 0); got {name}{signature}") from None
 
 
 def check(score_mod: ScoreMod | None, mask_mod: MaskMod | None, shape: tuple[int, ...]) -> None:
   """Raises ValueError unless the mods return what they must on a grid of ``shape``
   [B, N, T, S]: a bool (mask_mod) or float (score_mod) array broadcastable to it."""
+  check_signature(score_mod, mask_mod)
   index = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in grid_index(*shape)]
   for name, fn, args, want in (
       ("mask_mod", mask_mod, index, "bool"),

@@ -4,6 +4,13 @@ Every function takes explicit integer ``positions`` rather than assuming ``arang
 packed sequences (positions restarting per segment), offsets (decoding from step k) and
 left-padding all work. Biases come out as ``[..., num_heads, q_len, kv_len]``, ready to be passed
 as ``bias`` to ``dot_product_attention`` (broadcastable to ``[batch, num_heads, q_len, kv_len]``).
+
+Example:
+  >>> from attn_jax.core import positional
+  >>> x = jnp.ones((1, 6, 2, 8))  # [batch, seq_len, num_heads, head_dim]
+  >>> bias = positional.alibi_bias(2, jnp.arange(6), jnp.arange(6))  # [heads, T, S]
+  >>> attn_jax.dot_product_attention(x, x, x, bias=bias).shape
+  (1, 6, 2, 8)
 """
 
 import math
@@ -28,7 +35,8 @@ def _check_positive_even(value: int, name: str) -> None:
 
 
 def sinusoidal_embedding(
-    positions: Array, dim: int, max_timescale: float = 10000.0, dtype=jnp.float32) -> Array:
+    positions: Array, dim: int, max_timescale: float = 10000.0,
+    dtype: jnp.dtype = jnp.float32) -> Array:
   """Fixed sinusoidal embedding (Vaswani et al. 2017, section 3.5).
 
   Frequencies are the paper's ``1 / max_timescale^(2i / dim)`` for ``i < dim / 2``. Layout: the
@@ -36,8 +44,21 @@ def sinusoidal_embedding(
   as in tensor2tensor and the Flax lm1b example) rather than the paper's interleaving; the two
   differ only by a fixed permutation of the features.
 
-  positions: int (or float) [..., seq_len]; dim: even int.
-  Returns: [..., seq_len, dim] in ``dtype`` (computed in float32).
+  Args:
+    positions: int (or float) [..., seq_len].
+    dim: the embedding width, an even int.
+    max_timescale: the longest wavelength, ``10000`` in the paper.
+    dtype: the dtype of the result (computed in float32).
+
+  Returns:
+    [..., seq_len, dim] in ``dtype``.
+
+  Example:
+    >>> emb = sinusoidal_embedding(jnp.arange(4), 6)  # [seq_len=4, dim=6]
+    >>> emb.shape
+    (4, 6)
+    >>> emb[0]  # position 0: sin 0 = 0, cos 0 = 1
+    Array([0., 0., 0., 1., 1., 1.], dtype=float32)
   """
   _check_positive_even(dim, "dim")
   half = dim // 2
@@ -50,12 +71,22 @@ def sinusoidal_embedding(
 def learned_embedding(table: Array, positions: Array) -> Array:
   """Look up learned absolute position embeddings: ``table[positions]``.
 
-  table: [max_len, dim]; positions: int [..., seq_len] in ``[0, max_len)``.
-  Returns: [..., seq_len, dim] in the table's dtype.
-
   Out-of-range positions raise ``ValueError`` when ``positions`` is concrete. Under ``jit`` they
   cannot be checked, and the row comes back as NaN (not silently clamped to the last row, jnp's
   default), so the error still shows up in the loss.
+
+  Args:
+    table: [max_len, dim], one learned row per position.
+    positions: int [..., seq_len] in ``[0, max_len)``.
+
+  Returns:
+    [..., seq_len, dim] in the table's dtype.
+
+  Example:
+    >>> table = jnp.arange(6.0).reshape(3, 2)  # [max_len=3, dim=2]
+    >>> learned_embedding(table, jnp.array([2, 0]))
+    Array([[4., 5.],
+           [0., 1.]], dtype=float32)
   """
   table = jnp.asarray(table)
   if table.ndim != 2:
@@ -84,9 +115,21 @@ def apply_rope(x: Array, positions: Array, max_wavelength: float = 10000.0) -> A
   ``theta_k = max_wavelength^(-2k / head_dim)``. Then ``<rope(q, m), rope(k, n)>`` depends on the
   positions only through ``m - n``.
 
-  x: [..., seq_len, num_heads, head_dim] with head_dim even; positions: [..., seq_len],
-  broadcastable against x's leading [..., seq_len] (e.g. [seq_len] for a whole batch).
-  Returns: x's shape and dtype; sin/cos and the rotation are computed in float32.
+  Args:
+    x: queries or keys, [..., seq_len, num_heads, head_dim] with head_dim even.
+    positions: [..., seq_len], broadcastable against x's leading [..., seq_len] (e.g.
+      [seq_len] for a whole batch).
+    max_wavelength: the base of the angles' geometric sequence.
+
+  Returns:
+    x's shape and dtype; sin/cos and the rotation are computed in float32.
+
+  Example:
+    >>> q = jnp.ones((5, 1, 4))  # [seq_len, num_heads, head_dim]: the same vector everywhere
+    >>> r = apply_rope(q, jnp.arange(5))[:, 0]  # [5, 4]
+    >>> scores = r @ r.T  # depends on m - n only: constant along each diagonal
+    >>> bool(jnp.allclose(jnp.diagonal(scores, 1), scores[0, 1], atol=1e-5))
+    True
   """
   if x.ndim < 3:
     raise ValueError(f"x must be [..., seq_len, num_heads, head_dim], got shape {x.shape}")
@@ -122,7 +165,15 @@ def alibi_slopes(num_heads: int) -> Array:
   ``c < n`` and add every other slope of the ``2c`` sequence, ``2^(-4 i / c)`` for odd i, until
   there are ``n``.
 
-  Returns: float32 [num_heads].
+  Args:
+    num_heads: the number of heads, a positive int.
+
+  Returns:
+    float32 [num_heads].
+
+  Example:
+    >>> alibi_slopes(4)
+    Array([0.25      , 0.0625    , 0.015625  , 0.00390625], dtype=float32)
   """
   if num_heads <= 0:
     raise ValueError(f"num_heads must be a positive int, got {num_heads}")
@@ -156,8 +207,19 @@ def alibi_bias(num_heads: int, query_positions: Array, key_positions: Array) -> 
   ``-slope * (i - j)`` for ``j <= i``, is this bias restricted by a causal mask, so causal users
   combine it with ``make_causal_mask``.
 
-  query_positions: [..., q_len]; key_positions: [..., kv_len] (leading dims broadcast).
-  Returns: float32 [..., num_heads, q_len, kv_len].
+  Args:
+    num_heads: the number of heads (one slope each, `alibi_slopes`).
+    query_positions: int [..., q_len].
+    key_positions: int [..., kv_len] (leading dims broadcast with the queries').
+
+  Returns:
+    float32 [..., num_heads, q_len, kv_len].
+
+  Example:
+    >>> alibi_bias(2, jnp.arange(3), jnp.arange(3))[0]  # head 0 of 2: slope 1/16
+    Array([[-0.    , -0.0625, -0.125 ],
+           [-0.0625, -0.    , -0.0625],
+           [-0.125 , -0.0625, -0.    ]], dtype=float32)
   """
   distance = jnp.abs(_relative_positions(query_positions, key_positions)).astype(jnp.float32)
   # [num_heads, 1, 1] * [..., 1, q_len, kv_len] -> [..., num_heads, q_len, kv_len]
@@ -175,7 +237,18 @@ def relative_position_bucket(
   share logarithmically wider buckets up to ``max_distance``, beyond which all share the last.
   Unidirectional: keys after the query (offset > 0) all fall in bucket 0.
 
-  relative_position: int [...]. Returns: int32 [...] in ``[0, num_buckets)``.
+  Args:
+    relative_position: int [...], ``key_position - query_position``.
+    bidirectional: whether keys after the query get buckets of their own (an encoder).
+    num_buckets: the number of buckets, both directions together when bidirectional.
+    max_distance: offsets at or beyond it share the last bucket of their direction.
+
+  Returns:
+    int32 [...] in ``[0, num_buckets)``.
+
+  Example:
+    >>> relative_position_bucket(jnp.array([-100, -3, 0, 3, 100]), num_buckets=8, max_distance=16)
+    Array([3, 2, 0, 6, 7], dtype=int32)
   """
   relative_position = jnp.asarray(relative_position)
   if not jnp.issubdtype(relative_position.dtype, jnp.integer):
@@ -208,9 +281,23 @@ def relative_position_bias(
     num_buckets: int | None = None, max_distance: int = 128) -> Array:
   """T5 relative position bias: one learned scalar per (bucket, head).
 
-  table: [num_buckets, num_heads] (``num_buckets`` defaults to ``table.shape[0]``);
-  query_positions: int [..., q_len]; key_positions: int [..., kv_len] (leading dims broadcast).
-  Returns: [..., num_heads, q_len, kv_len] in the table's dtype.
+  Args:
+    table: [num_buckets, num_heads], the learned biases.
+    query_positions: int [..., q_len].
+    key_positions: int [..., kv_len] (leading dims broadcast with the queries').
+    bidirectional: as in `relative_position_bucket`.
+    num_buckets: defaults to ``table.shape[0]``; must equal it when given.
+    max_distance: as in `relative_position_bucket`.
+
+  Returns:
+    [..., num_heads, q_len, kv_len] in the table's dtype.
+
+  Example:
+    >>> table = jnp.zeros((8, 2)).at[0].set(1.0)  # bucket 0 (offset 0): bias 1
+    >>> relative_position_bias(table, jnp.arange(3), jnp.arange(3))[0]
+    Array([[1., 0., 0.],
+           [0., 1., 0.],
+           [0., 0., 1.]], dtype=float32)
   """
   table = jnp.asarray(table)
   if table.ndim != 2:

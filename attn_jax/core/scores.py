@@ -6,7 +6,7 @@ Every score shares one calling convention so that any of them plugs into the sam
     score_fn(query: [q_len, key_dim], key: [kv_len, key_dim], params) -> logits [q_len, kv_len]
 
 `params` is a pytree of weights (`None` for the parameter-free scores). Static settings such as a
-scale are bound with keyword arguments (``functools.partial(scaled_dot, scale=0.5)``), so the
+scale are bound with keyword arguments (``functools.partial(dot, scale=0.5)``), so the
 pipeline only ever passes ``(query, key, params)``.
 """
 
@@ -31,27 +31,28 @@ def _check_pair(query: Array, key: Array, same_dim: bool = True) -> None:
         f"query and key must share key_dim: got query {query.shape} and key {key.shape}")
 
 
-def dot(query: Array, key: Array, params: Any = None) -> Array:
-  """Plain dot product ``q . k`` (Luong et al. 2015, "dot").
+def dot(
+    query: Array, key: Array, params: Any = None, *, scale: float | None = None) -> Array:
+  """Scaled dot product ``scale * q . k``, ``scale = 1/sqrt(key_dim)`` by default.
 
-  query: [q_len, key_dim], key: [kv_len, key_dim] -> logits [q_len, kv_len].
+  Vaswani et al. 2017: the scale keeps the logits' variance near 1 for unit-variance inputs;
+  ``scale=1.0`` gives the plain product ``q . k`` (Luong et al. 2015, "dot").
+  query: [q_len, key_dim], key: [kv_len, key_dim] -> logits [q_len, kv_len] (float32 or wider).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> q, k = jnp.array([[1.0, 1.0, 1.0, 1.0]]), jnp.array([[2.0, 0.0, 0.0, 0.0]])
+    >>> dot(q, k).tolist(), dot(q, k, scale=1.0).tolist()
+    ([[1.0]], [[2.0]])
   """
   del params
   _check_pair(query, key)
-  # [q_len, key_dim] x [kv_len, key_dim] -> [q_len, kv_len]
-  return jnp.einsum("td,sd->ts", query, key, preferred_element_type=_logits_dtype(query))
-
-
-def scaled_dot(
-    query: Array, key: Array, params: Any = None, *, scale: float | None = None) -> Array:
-  """Scaled dot product ``scale * q . k`` with ``scale = 1/sqrt(key_dim)`` by default.
-
-  Vaswani et al. 2017: the scale keeps the logits' variance near 1 for unit-variance inputs.
-  query: [q_len, key_dim], key: [kv_len, key_dim] -> logits [q_len, kv_len].
-  """
   if scale is None:
     scale = query.shape[-1] ** -0.5
-  return dot(query, key) * jnp.asarray(scale, _logits_dtype(query))
+  dtype = _logits_dtype(query)
+  # [q_len, key_dim] x [kv_len, key_dim] -> [q_len, kv_len]
+  logits = jnp.einsum("td,sd->ts", query, key, preferred_element_type=dtype)
+  return logits * jnp.asarray(scale, dtype)
 
 
 def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
@@ -118,10 +119,9 @@ def _logits_dtype(x: Array):
 
 
 #: The score names of the whole toolkit (the batched API, the modules, configs) and their
-#: functions. "dot" is the scaled dot product everywhere; the plain `dot` function is its unscaled
-#: building block.
+#: functions. "dot" is the scaled dot product ``scale * q . k`` everywhere (`dot`).
 SCORES: dict[str, ScoreFn] = {
-    "dot": scaled_dot,
+    "dot": dot,
     "cosine": cosine,
     "additive": additive,
     "bilinear": bilinear,
@@ -133,6 +133,10 @@ PARAMETER_FREE = ("dot", "cosine")
 def get_score(name: str) -> ScoreFn:
   """The score function registered under ``name`` (see `SCORES`); raises ValueError listing the
   known names."""
+  if name == "scaled_dot":
+    raise ValueError(
+        "the score 'scaled_dot' is now 'dot': the scaled dot product scale * q . k, scale "
+        "1/sqrt(key_dim) by default (functools.partial(scores.dot, scale=...) to set it)")
   try:
     return SCORES[name]
   except KeyError:

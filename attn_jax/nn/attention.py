@@ -5,8 +5,10 @@ core's. The dot, cosine and bilinear scores (the bilinear ``q^T W k`` is the dot
 queries ``W^T q``) run on `attn_jax.dot_product_attention` and its fast backends; the additive
 score on the chunked kernel or the vmapped single-head `attend`; and whenever the weights are
 returned or dropped out, the single-head path (`batched.reference_attention`). ALiBi and T5
-relative positions are score mods and packed sequences (``segment_ids``) a mask mod
-(`attn_jax.core.mods`), so no dense [B, N, T, S] bias is ever built for them.
+relative positions are score mods and packed sequences (``segment_ids``) a block mask
+(`attention_block_mask`, `attn_jax.core.block_mask`), so no dense [B, N, T, S] bias is ever built
+for them; a model of several layers builds the block mask once per forward pass and hands it to
+every layer (``block_mask=``).
 """
 
 import jax
@@ -15,10 +17,34 @@ from flax import nnx
 
 from attn_jax.attention import dot_product_attention, select_implementation
 from attn_jax.core import batched, chunked, masks, mods, positional, scores
+from attn_jax.core.block_mask import BlockMask, create_block_mask
 
 Array = jax.Array
 
 POSITIONAL = ("none", *positional.IN_ATTENTION)  # the schemes applied inside attention
+
+
+def attention_block_mask(segment_ids: Array, key_segment_ids: Array | None = None, *,
+                         is_causal: bool = False) -> BlockMask:
+  """The block mask of packed sequences: a query attends only keys of its own segment (and,
+  with ``is_causal``, at or before its position). Build it once per forward pass and pass it to
+  every layer's `MultiHeadAttention` as ``block_mask=``.
+
+  segment_ids: int [B|1, T]; key_segment_ids: int [B|1, S] (default: the same, self-attention).
+  Under ``jit`` the ids are traced and the plan is computed on device, once.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> ids = jnp.asarray([[0] * 4 + [1] * 4])
+    >>> attention_block_mask(ids, is_causal=True).to_dense().shape
+    (1, 1, 8, 8)
+  """
+  key_ids = segment_ids if key_segment_ids is None else key_segment_ids
+  mask_mod = mods.and_masks(mods.document(segment_ids, key_ids),
+                            mods.causal() if is_causal else None)
+  batch = max(segment_ids.shape[0], key_ids.shape[0])
+  return create_block_mask(mask_mod, batch if batch > 1 else None, None, segment_ids.shape[1],
+                           key_ids.shape[1])
 
 
 def _kernel_init(in_axis=0, out_axis=-1):
@@ -38,6 +64,9 @@ class MultiHeadAttention(nnx.Module):
     positional: "none", "rope" (rotates queries and keys), "alibi" (linear distance bias) or
       "relative" (T5 bucketed bias, a learned [num_buckets, N] table).
     dropout_rate: dropout on the attention weights (active in ``train()`` mode only).
+    sinks: a learnable sink logit per query head (``self.sinks``, [num_heads], initialised to
+      zeros: at the start each row also normalises over one extra key of logit 0 and no value),
+      as in gpt-oss; see ``sinks`` of `attn_jax.dot_product_attention`.
     implementation: passed to `attn_jax.dot_product_attention` for the dot, cosine and bilinear
       scores; for the additive score None (chunked for long sequences), "reference" or "chunked".
   """
@@ -47,7 +76,7 @@ class MultiHeadAttention(nnx.Module):
       head_dim: int | None = None, out_features: int | None = None, score: str = "dot",
       score_hidden: int | None = None, positional: str = "none", num_buckets: int = 32,
       max_distance: int = 128, dropout_rate: float = 0.0, use_bias: bool = True,
-      implementation: str | None = None, rngs: nnx.Rngs):
+      implementation: str | None = None, sinks: bool = False, rngs: nnx.Rngs):
     num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
     if num_heads <= 0 or num_kv_heads <= 0 or num_heads % num_kv_heads:
       raise ValueError(f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
@@ -99,6 +128,7 @@ class MultiHeadAttention(nnx.Module):
     self.relative_table = nnx.Param(jnp.zeros((num_buckets, num_heads))) \
         if positional == "relative" else None
     self.attn_dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.sinks = nnx.Param(jnp.zeros((num_heads,))) if sinks else None
 
   def _project(self, inputs_q: Array, inputs_kv: Array | None, query_scale: float | None = None):
     """-> query [B, T, N, H], key [B, S, K, H], value [B, S, K, H].
@@ -136,14 +166,19 @@ class MultiHeadAttention(nnx.Module):
       self, inputs_q: Array, inputs_kv: Array | None = None, *, mask: Array | None = None,
       bias: Array | None = None, is_causal: bool = False, query_positions: Array | None = None,
       key_positions: Array | None = None, segment_ids: Array | None = None,
-      key_segment_ids: Array | None = None, return_weights: bool = False,
+      key_segment_ids: Array | None = None, block_mask: BlockMask | None = None,
+      return_weights: bool = False,
   ) -> Array | tuple[Array, Array]:
     """inputs_q: [B, T, D]; inputs_kv: [B, S, D] (None: self-attention, S = T).
 
     mask (bool, True = may attend) and bias: broadcastable to [B, N, T, S]. query_positions [B|1, T]
     and key_positions [B|1, S] feed the positional scheme (default 0..T-1 and 0..S-1).
     segment_ids: int [B|1, T], packed sequences: a query attends only keys of its own segment
-    (key_segment_ids [B|1, S] for cross-attention; default the same ids).
+    (key_segment_ids [B|1, S] for cross-attention; default the same ids); folded with
+    ``is_causal`` into one block mask (`attention_block_mask`).
+    block_mask: that block mask made once by the caller (a model reuses it across layers), in
+    place of ``segment_ids``; it carries the causal masking too, ``is_causal`` then only sets the
+    direction of relative positions.
     Returns [B, T, out_features], and with ``return_weights`` also the weights [B, N, T, S].
     """
     if inputs_q.ndim != 3 or (inputs_kv is not None and inputs_kv.ndim != 3):
@@ -151,7 +186,11 @@ class MultiHeadAttention(nnx.Module):
           f"expected inputs_q [B, T, D] and inputs_kv [B, S, D]; got {inputs_q.shape} and "
           f"{None if inputs_kv is None else inputs_kv.shape}")
     weight_dropout = self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic
-    with_weights = return_weights or weight_dropout
+    # Dropout runs inside the chunked kernel (its keep mask drawn per block), unless the weights
+    # are asked for or another implementation is: then on the returned weights.
+    kernel_dropout = (weight_dropout and not return_weights
+                      and self.implementation in (None, "chunked"))
+    with_weights = return_weights or (weight_dropout and not kernel_dropout)
     # The dot path takes its 1/sqrt(H) in the query projection (and scale 1 after); RoPE is a
     # rotation and biases and score mods act on the scaled logits, so none of them notices.
     query_scale = self.head_dim**-0.5 if self.score == "dot" and not with_weights else None
@@ -166,10 +205,11 @@ class MultiHeadAttention(nnx.Module):
     if key_positions is None and inputs_kv is None:
       key_positions = query_positions
     score_mod = self._position_mod(is_causal, query_positions, key_positions)
-    mask_mod = None
+    if segment_ids is not None and block_mask is not None:
+      raise ValueError("pass segment_ids or a block_mask made from them, not both")
     if segment_ids is not None:
-      mask_mod = mods.document(segment_ids, segment_ids if key_segment_ids is None
-                               else key_segment_ids)
+      block_mask = attention_block_mask(segment_ids, key_segment_ids, is_causal=is_causal)
+    masked_causal = is_causal and block_mask is None  # else the block mask carries it
     score, scale = self.score, (None if query_scale is None else 1.0)
     if score == "bilinear":
       # q^T W k = (W^T q) . k, scaled like the dot product so the two start equal.
@@ -177,21 +217,30 @@ class MultiHeadAttention(nnx.Module):
       query = jnp.einsum("btnd,nde->btne", query, w.astype(query.dtype))
       score, scale = "dot", 1.0
     if with_weights:
-      out_BTNH, weights = self._attend_with_weights(query, key, value, bias, mask, is_causal,
-                                                    score, scale, score_mod, mask_mod)
+      out_BTNH, weights = self._attend_with_weights(query, key, value, bias, mask, masked_causal,
+                                                    score, scale, score_mod, block_mask)
+    elif kernel_dropout:
+      out_BTNH = self._attend_chunked(query, key, value, bias, mask, masked_causal, score, scale,
+                                      score_mod, block_mask, self.attn_dropout.rate,
+                                      self.attn_dropout.rngs())
+      weights = None
     elif score == "additive":
-      out_BTNH, weights = self._attend_additive(query, key, value, bias, mask, is_causal,
-                                                score_mod, mask_mod), None
+      out_BTNH, weights = self._attend_additive(query, key, value, bias, mask, masked_causal,
+                                                score_mod, block_mask), None
     else:
       out_BTNH = dot_product_attention(
-          query, key, value, bias, mask, is_causal=is_causal, score=score, scale=scale,
-          implementation=self.implementation, score_mod=score_mod, mask_mod=mask_mod)
+          query, key, value, bias, mask, is_causal=masked_causal, score=score, scale=scale,
+          implementation=self.implementation, score_mod=score_mod, block_mask=block_mask,
+          sinks=self._sinks())
       weights = None
     # [B, T, N, H] x [N, H, D_out] -> [B, T, D_out]
     out = jnp.einsum("btnh,nhd->btd", out_BTNH, self.out_kernel[...].astype(out_BTNH.dtype))
     if self.out_bias is not None:
       out = out + self.out_bias[...].astype(out.dtype)
     return (out, weights) if return_weights else out
+
+  def _sinks(self) -> Array | None:
+    return None if self.sinks is None else self.sinks[...]
 
   def _position_mod(self, is_causal, query_positions, key_positions) -> mods.ScoreMod | None:
     """ALiBi and T5 relative positions as score mods (None for the other schemes)."""
@@ -203,7 +252,7 @@ class MultiHeadAttention(nnx.Module):
           query_positions=query_positions, key_positions=key_positions)
     return None
 
-  def _attend_additive(self, query, key, value, bias, mask, is_causal, score_mod, mask_mod):
+  def _attend_additive(self, query, key, value, bias, mask, is_causal, score_mod, block_mask):
     """The additive score with per-head weights: the chunked kernel for long sequences (never
     the [T, S, hidden] tensor), else the vmapped single-head path."""
     as_4d = lambda x: None if x is None else jnp.reshape(x, (1,) * (4 - x.ndim) + x.shape)
@@ -212,23 +261,37 @@ class MultiHeadAttention(nnx.Module):
       implementation = select_implementation(query, key, value, as_4d(bias), as_4d(mask),
                                              is_causal=is_causal)
     if implementation == "chunked":
-      return chunked.chunked_attention(
-          query, key, value, bias=as_4d(bias), mask=as_4d(mask), is_causal=is_causal,
-          score_fn=scores.additive, score_params=self.score_params.get_value(),
-          params_per_head=True, score_mod=score_mod, mask_mod=mask_mod)
+      return self._attend_chunked(query, key, value, bias, mask, is_causal, "additive", None,
+                                  score_mod, block_mask)
     return self._attend_with_weights(query, key, value, bias, mask, is_causal, "additive", None,
-                                     score_mod, mask_mod)[0]
+                                     score_mod, block_mask)[0]
+
+  def _attend_chunked(self, query, key, value, bias, mask, is_causal, score, scale, score_mod,
+                      block_mask, dropout_rate=0.0, dropout_rng=None):
+    """Any score on the chunked kernel, with dropout inside it when ``dropout_rate`` > 0."""
+    as_4d = lambda x: None if x is None else jnp.reshape(x, (1,) * (4 - x.ndim) + x.shape)
+    score_fn = params = None
+    dtype = query.dtype
+    if score == "additive":
+      score_fn, params = scores.additive, self.score_params.get_value()
+    elif score == "cosine":  # the dot product of unit vectors, as attn_jax.dot_product_attention
+      query, key = scores.l2_normalize(query), scores.l2_normalize(key)
+      scale = self.head_dim**0.5 if scale is None else scale
+    out = chunked.chunked_attention(
+        query, key, value, bias=as_4d(bias), mask=as_4d(mask), is_causal=is_causal,
+        scale=scale, score_fn=score_fn, score_params=params, params_per_head=params is not None,
+        score_mod=score_mod, block_mask=block_mask, dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng, sinks=self._sinks())
+    return out.astype(dtype)
 
   def _attend_with_weights(self, query, key, value, bias, mask, is_causal, score, scale,
-                           score_mod, mask_mod):
+                           score_mod, block_mask):
     """The vmapped single-head path; returns ([B, T, N, H], weights [B, N, T, S])."""
-    batch, q_len = query.shape[:2]
-    kv_len = key.shape[1]
+    q_len, kv_len = query.shape[1], key.shape[1]
     as_4d = lambda x: None if x is None else jnp.reshape(x, (1,) * (4 - x.ndim) + x.shape)
     mask = masks.and_masks(
         as_4d(mask), masks.make_causal_mask(q_len, kv_len) if is_causal else None,
-        None if mask_mod is None else mods.dense_mask(mask_mod, batch, self.num_heads, q_len,
-                                                      kv_len))
+        None if block_mask is None else block_mask.to_dense())
     params = None
     if score == "additive":
       score_fn, params = scores.additive, self.score_params.get_value()
@@ -237,7 +300,8 @@ class MultiHeadAttention(nnx.Module):
       score_fn = batched.score_fn_for(score, default if scale is None else scale)
     out, weights = batched.reference_attention(
         query, key, value, as_4d(bias), mask, score_fn=score_fn, params=params,
-        params_per_head=params is not None, score_mod=score_mod, return_weights=True)
+        params_per_head=params is not None, score_mod=score_mod, sinks=self._sinks(),
+        return_weights=True)
     if self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic:
       # Dropout on the weights, then recombine: weights [B, N, T, S] x value [B, S, K, H].
       weights = self.attn_dropout(weights)

@@ -139,6 +139,20 @@ class LSTMLayer(nnx.Module):
   [B, L, in_features] -> outputs [B, L, hidden_size] (or [L, B, ...] with ``time_major``). Gates
   are ordered (input, forget, cell, output); the forget gate's bias starts at 1 (Jozefowicz et
   al. 2015) so memories persist early in training.
+
+  Args:
+    in_features: the input width D.
+    hidden_size: the state width H.
+    rngs: the parameters' random streams.
+
+  Example:
+    >>> layer = LSTMLayer(3, 8, rngs=nnx.Rngs(0))
+    >>> x = jnp.ones((2, 5, 3))  # [B, L, in_features]
+    >>> layer(x).shape  # [B, L, H]
+    (2, 5, 8)
+    >>> h0 = c0 = jnp.zeros((2, 8))
+    >>> bool(jnp.allclose(layer(x, initial_state=(h0, c0)), layer(x)))  # None is zeros
+    True
   """
 
   def __init__(self, in_features: int, hidden_size: int, *, rngs: nnx.Rngs):
@@ -173,6 +187,23 @@ class LSTMBaseline(nnx.Module):
   ``embedding @ W_in + b`` [V, 4H] looked up per token, which equals ``embed(tokens) @ W_in + b``
   but costs a [V, D] x [D, 4H] matmul instead of a [B * L, D] x [D, 4H] one (forward and
   backward); the rule folds only where that saves at least three quarters of the work.
+
+  Args:
+    vocab_size: V, the token vocabulary (inputs and outputs).
+    hidden_size: H, the state width of every layer.
+    num_layers: stacked LSTM layers.
+    embed_dim: the embedding width (default ``hidden_size``).
+    fold_embedding: fold the embedding into the first layer's input gates (None: when it saves
+      work, see above); the result is the same either way.
+    rngs: the parameters' random streams.
+
+  Example:
+    >>> model = LSTMBaseline(vocab_size=10, hidden_size=16, num_layers=2, rngs=nnx.Rngs(0))
+    >>> tokens = jnp.zeros((4, 7), jnp.int32)  # [B, L]
+    >>> model(tokens).shape  # logits [B, L, V]
+    (4, 7, 10)
+    >>> model.hidden_states(tokens).shape  # time-major [L, B, H]
+    (7, 4, 16)
   """
 
   def __init__(self, *, vocab_size: int, hidden_size: int, num_layers: int = 1,
@@ -242,6 +273,19 @@ class LSTMWithAttention(nnx.Module):
     attention_implementation: "reference" (additive: the vmapped single-head path, holding
       [L, L, A] per example; dot: `attn_jax.dot_product_attention`'s default) or "chunked" (the
       memory-efficient kernel, for either score).
+    vocab_size: V, the token vocabulary.
+    hidden_size: H, the LSTM's state width.
+    num_layers: stacked LSTM layers under the attention.
+    rngs: the parameters' random streams.
+
+  Example:
+    >>> model = LSTMWithAttention(vocab_size=10, hidden_size=16, score="dot",
+    ...                           attention_hidden=8, rngs=nnx.Rngs(0))
+    >>> logits, weights = model(jnp.zeros((2, 6), jnp.int32), return_weights=True)
+    >>> logits.shape, weights.shape  # [B, L, V], causal weights [B, L, L]
+    ((2, 6, 10), (2, 6, 6))
+    >>> bool(jnp.allclose(weights.sum(-1), 1.0)), float(weights[0, 0, 1])  # step 0 sees itself
+    (True, 0.0)
   """
 
   def __init__(self, *, vocab_size: int, hidden_size: int, num_layers: int = 1,

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from attn_jax.core import positional as pos
-from attn_jax.nn.attention import MultiHeadAttention
+from attn_jax.core.block_mask import BlockMask
+from attn_jax.nn.attention import MultiHeadAttention, attention_block_mask
 
 Array = jax.Array
 
@@ -39,11 +40,13 @@ class EncoderBlock(nnx.Module):
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 
   def __call__(self, x: Array, *, mask: Array | None, is_causal: bool, positions: Array,
-               segment_ids: Array | None = None, return_weights: bool = False):
-    """x: [B, L, D] -> [B, L, D] (and the attention weights [B, N, L, L])."""
+               segment_ids: Array | None = None, block_mask: BlockMask | None = None,
+               return_weights: bool = False):
+    """x: [B, L, D] -> [B, L, D] (and the attention weights [B, N, L, L]). block_mask: the
+    packed-sequence mask with causality, made once for every block (`attention_block_mask`)."""
     attended = self.attention(self.attn_norm(x), mask=mask, is_causal=is_causal,
                               query_positions=positions, segment_ids=segment_ids,
-                              return_weights=return_weights)
+                              block_mask=block_mask, return_weights=return_weights)
     attended, weights = attended if return_weights else (attended, None)
     x = x + self.dropout(attended)
     x = x + self.dropout(self.mlp(self.mlp_norm(x)))
@@ -113,10 +116,14 @@ class TransformerEncoder(nnx.Module):
     elif self.positional == "learned":
       x = x + pos.learned_embedding(self.position_table[...], positions).astype(x.dtype)
     x = self.embed_dropout(x)
+    # Packed sequences: one block plan per forward pass, from the ids and causality, that every
+    # layer reuses (computed on device when the ids are traced).
+    block_mask = None if segment_ids is None else attention_block_mask(
+        segment_ids, is_causal=self.causal)
     attention = []
     for block in self.blocks:
       x = block(x, mask=mask, is_causal=self.causal, positions=positions,
-                segment_ids=segment_ids, return_weights=return_attention)
+                block_mask=block_mask, return_weights=return_attention)
       if return_attention:
         x, weights = x
         attention.append(weights)

@@ -2,6 +2,15 @@
 
 A run's data is a function of (seed, step) alone, so training is reproducible and resumable with
 no iterator state.
+
+Example:
+  >>> from attn_jax import tasks
+  >>> batch = tasks.copy_memory(jax.random.key(0), batch_size=4, delay=50)
+  >>> batch.inputs.shape == (4, tasks.copy_memory_seq_len(50))
+  True
+  >>> task = tasks.make_task(tasks.MqarSpec(seq_len=32, num_pairs=4, vocab_size=16))
+  >>> task.sample(jax.random.key(1), 2).inputs.shape
+  (2, 32)
 """
 
 from attn_jax.tasks.batch import Batch

@@ -31,7 +31,19 @@ VOCAB_SIZE = 10
 
 
 def copy_memory_seq_len(delay: int) -> int:
-  """Sequence length ``L = delay + 20`` of a copy_memory example."""
+  """Sequence length ``L = delay + 20`` of a copy_memory example.
+
+  Args:
+    delay: the task's delay (``delay - 1`` blanks and the delimiter between the symbols and
+      their recall).
+
+  Returns:
+    The sequence length.
+
+  Example:
+    >>> copy_memory_seq_len(50)
+    70
+  """
   return delay + 2 * COPY_LENGTH
 
 
@@ -47,10 +59,23 @@ def check_copy_memory_args(*, batch_size: int, delay: int) -> None:
 def copy_memory(key: jax.Array, *, batch_size: int, delay: int) -> Batch:
   """Samples a copy_memory batch.
 
-  key: a PRNG key; batch_size, delay: static ints (``delay >= 1``).
-  Returns Batch(inputs int32 [batch_size, L], targets int32 [batch_size, L],
-  eval_mask bool [batch_size, L]) with ``L = delay + 20``; eval_mask is True on the last 10
-  positions.
+  Args:
+    key: a PRNG key; the batch is a function of it alone.
+    batch_size: the number of sequences (a static int >= 1).
+    delay: a static int >= 1; each recalled symbol is ``delay + 10`` positions after its source.
+
+  Returns:
+    Batch(inputs int32 [batch_size, L], targets int32 [batch_size, L], eval_mask bool
+    [batch_size, L]) with ``L = delay + 20``; eval_mask is True on the last 10 positions.
+
+  Example:
+    >>> batch = copy_memory(jax.random.key(0), batch_size=2, delay=5)
+    >>> batch.inputs.shape
+    (2, 25)
+    >>> bool((batch.targets[:, -10:] == batch.inputs[:, :10]).all())  # recall the 10 symbols
+    True
+    >>> int(batch.eval_mask[0].sum())
+    10
   """
   check_copy_memory_args(batch_size=batch_size, delay=delay)
   seq_len = copy_memory_seq_len(delay)
@@ -77,5 +102,15 @@ def copy_memory_baseline_loss(delay: int) -> float:
 
   Blanks are predicted with certainty (loss 0) and each of the 10 recalled symbols with the
   uniform distribution over the 8 data symbols (loss ln 8): ``10 ln 8 / (delay + 20)``.
+
+  Args:
+    delay: the task's delay.
+
+  Returns:
+    The memoryless cross-entropy per position, in nats.
+
+  Example:
+    >>> round(copy_memory_baseline_loss(1000), 4)  # Bai et al. 2018's LSTM at T = 1000
+    0.0204
   """
   return COPY_LENGTH * math.log(NUM_DATA_SYMBOLS) / copy_memory_seq_len(delay)

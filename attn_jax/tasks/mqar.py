@@ -61,11 +61,26 @@ def mqar(key: jax.Array, *, batch_size: int, seq_len: int, num_pairs: int,
          vocab_size: int, distractors: bool = False) -> Batch:
   """Samples an MQAR batch in the layout of the module docstring.
 
-  key: a PRNG key; the sizes are static ints with ``seq_len >= 3 * num_pairs`` and
-  ``vocab_size >= 2 * num_pairs + 2``; ``distractors``: random tokens from ``[0, V // 2)`` at
-  the non-query positions after the context instead of blanks.
-  Returns Batch(inputs int32 [batch_size, seq_len], targets int32 [batch_size, seq_len],
-  eval_mask bool [batch_size, seq_len]).
+  Args:
+    key: a PRNG key; the batch is a function of it alone.
+    batch_size: the number of sequences (a static int >= 1).
+    seq_len: the sequence length L (static, ``>= 3 * num_pairs``).
+    num_pairs: the key-value pairs of the context, each key queried once later.
+    vocab_size: V (static, ``>= 2 * num_pairs + 2``); keys come from the lower half, values
+      from the upper half.
+    distractors: random tokens from ``[0, V // 2)`` at the non-query positions after the
+      context instead of blanks (Zoology's layout).
+
+  Returns:
+    Batch(inputs int32 [batch_size, seq_len], targets int32 [batch_size, seq_len], eval_mask
+    bool [batch_size, seq_len]); eval_mask is True at the ``num_pairs`` query positions.
+
+  Example:
+    >>> batch = mqar(jax.random.key(0), batch_size=2, seq_len=16, num_pairs=2, vocab_size=8)
+    >>> batch.inputs.shape, batch.eval_mask.sum(axis=1).tolist()
+    ((2, 16), [2, 2])
+    >>> bool((batch.targets[batch.eval_mask] >= 4).all())  # the answers are values
+    True
   """
   check_mqar_args(batch_size=batch_size, seq_len=seq_len, num_pairs=num_pairs,
                   vocab_size=vocab_size)

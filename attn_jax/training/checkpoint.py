@@ -38,6 +38,21 @@ class Checkpointer:
 
   Saving is synchronous on purpose: the training loop donates the state's buffers to the next
   step, so a background save could read memory that is being overwritten.
+
+  Args:
+    directory: where the checkpoints go (created if missing).
+    max_to_keep: how many of the latest checkpoints are kept.
+
+  Example:
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as directory:
+    ...   checkpointer = Checkpointer(directory)
+    ...   checkpointer.save(7, {"w": jnp.arange(3.0), "step": jnp.int32(7)})
+    ...   restored = checkpointer.restore(checkpointer.latest_step(), like={
+    ...       "w": jnp.zeros(3), "step": jnp.int32(0)})
+    ...   checkpointer.close()
+    >>> restored["w"], int(restored["step"])
+    (Array([0., 1., 2.], dtype=float32), 7)
   """
 
   def __init__(self, directory: str, *, max_to_keep: int = 2):

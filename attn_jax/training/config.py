@@ -10,7 +10,33 @@ class TrainConfig:
 
   The learning rate warms up linearly from 0 over ``warmup_steps`` and then follows a cosine
   decay to ``learning_rate * end_lr_fraction`` at ``num_steps``; gradients are clipped to a
-  global norm of ``grad_clip_norm`` (0 disables clipping) before AdamW.
+  global norm of ``grad_clip_norm`` (0 disables clipping) before AdamW. Every field is
+  checked when the config is made; a bad value raises ValueError naming it.
+
+  Attributes:
+    num_steps: the training budget in steps.
+    batch_size: sequences per step.
+    learning_rate: the peak learning rate.
+    warmup_steps: steps of linear warmup from 0 (< ``num_steps``).
+    end_lr_fraction: the learning rate at ``num_steps``, as a fraction of the peak.
+    weight_decay: AdamW's decoupled weight decay, on matrices only.
+    adam_b2: Adam's second-moment decay.
+    grad_clip_norm: the global gradient norm clipped to (0: no clipping).
+    eval_every: validation every so many steps (0: never).
+    eval_batches: batches of the held-out evaluation and of each validation.
+    stop_accuracy: stop once every seed's validation accuracy reaches it (0: never).
+    log_every: training metrics every so many steps.
+    checkpoint_every: a checkpoint every so many steps and at the end (0: only at the end).
+    max_consecutive_nonfinite: consecutive non-finite steps (skipped) before `NonFiniteError`.
+
+  Example:
+    >>> config = TrainConfig(num_steps=100, learning_rate=1e-2, warmup_steps=10)
+    >>> config.batch_size, config.grad_clip_norm
+    (32, 1.0)
+    >>> TrainConfig(num_steps=10, warmup_steps=10)
+    Traceback (most recent call last):
+    ...
+    ValueError: train.warmup_steps (10) must be < train.num_steps (10)
   """
 
   num_steps: int = 1000

@@ -32,7 +32,17 @@ LogFn = Callable[[int, Metrics], None]
 
 
 class NonFiniteError(RuntimeError):
-  """Raised when training stays non-finite for too many consecutive steps."""
+  """Raised when training stays non-finite for too many consecutive steps.
+
+  Example:
+    >>> from attn_jax.training import NonFiniteStats
+    >>> stats = NonFiniteStats(*np.array([12, 12, 88, 12, 88]))  # 12 steps from step 88
+    >>> try:
+    ...   check_nonfinite(stats, limit=10, step=100)
+    ... except NonFiniteError as error:
+    ...   print(type(error).__name__)
+    NonFiniteError
+  """
 
 
 class Checkpointer(Protocol):
@@ -49,13 +59,32 @@ class Checkpointer(Protocol):
 class TrainResult:
   """The outcome of `train` / `train_seeds`.
 
-  state: the final `TrainState` (stacked over seeds for `train_seeds`); eval_metrics: the
-  held-out metrics at the last step (per-seed lists for `train_seeds`); start_step: the step
-  training (re)started from; steps: the steps the state has taken (fewer than ``num_steps``
-  when every seed met ``stop_accuracy``); wall_s: seconds spent in this call. Of those,
-  compile_s went to initialising and compiling, train_s to the steps (periodic validation
-  included), eval_s to the final evaluation. step_flops: XLA's count of one step's
-  floating-point operations (all seeds), when the backend reports it.
+  Attributes:
+    state: the final `TrainState` (stacked over seeds for `train_seeds`).
+    eval_metrics: the held-out metrics at the last step (per-seed lists for `train_seeds`).
+    num_params: the model's parameter count.
+    start_step: the step training (re)started from.
+    wall_s: seconds spent in this call.
+    steps: the steps the state has taken (fewer than ``num_steps`` when every seed met
+      ``stop_accuracy``).
+    compile_s: seconds of ``wall_s`` spent initialising and compiling.
+    train_s: seconds spent in the steps (periodic validation included).
+    eval_s: seconds spent in the final evaluation.
+    step_flops: XLA's count of one step's floating-point operations (all seeds), when the
+      backend reports it.
+
+  Example:
+    >>> from attn_jax import nn, tasks, training
+    >>> task = tasks.make_task(tasks.CopyMemorySpec(delay=5))  # L = 25, vocab 10
+    >>> model_fn = lambda rngs: nn.TransformerEncoder(
+    ...     vocab_size=10, max_len=25, num_layers=1, num_heads=2, d_model=8, d_ff=16, rngs=rngs)
+    >>> config = training.TrainConfig(num_steps=3, batch_size=4, warmup_steps=1)
+    >>> program = training.Program(model_fn, task, config)
+    >>> result = training.train(program, seed=0)
+    >>> result.start_step, result.steps, int(result.state.step)
+    (0, 3, 3)
+    >>> 0.0 <= result.eval_metrics["accuracy"] <= 1.0
+    True
   """
 
   state: TrainState
@@ -72,7 +101,21 @@ class TrainResult:
 
 def check_nonfinite(stats: NonFiniteStats, limit: int, step: int) -> None:
   """Raises `NonFiniteError` naming the steps if any streak of non-finite steps reached
-  ``limit``. ``stats`` holds host values (numpy) of one seed or of several (stacked)."""
+  ``limit``.
+
+  Args:
+    stats: host values (numpy) of one seed's `NonFiniteStats`, or of several (stacked).
+    limit: the longest streak of skipped (non-finite) steps allowed.
+    step: the current step, for the message.
+
+  Example:
+    >>> from attn_jax.training import NonFiniteStats
+    >>> check_nonfinite(NonFiniteStats(*np.array([3, 0, -1, 2, 40])), limit=10, step=100)
+    >>> check_nonfinite(NonFiniteStats(*np.array([12, 12, 88, 12, 88])), limit=10, step=100)
+    Traceback (most recent call last):
+    ...
+    attn_jax.training.loop.NonFiniteError: ...
+  """
   worst = np.atleast_1d(np.asarray(stats.worst_run))
   if np.any(worst >= limit):
     seed_index = int(np.argmax(worst))
@@ -181,7 +224,30 @@ def train(program: Program, seed: int, *, checkpointer: Checkpointer | None = No
   ``on_log(step, metrics)`` receives the training metrics of every ``log_every``-th step,
   ``on_eval(step, metrics)`` the validation metrics of every ``eval_every``-th step. With a
   ``mesh`` (`attn_jax.training.sharding.make_mesh`) the batch is split over its ``data`` axis and
-  the state laid out by `sharding.state_shardings`; a checkpoint restores onto any mesh."""
+  the state laid out by `sharding.state_shardings`; a checkpoint restores onto any mesh.
+
+  Args:
+    program: what to train (model, task, settings).
+    seed: the run's seed; the data of step ``s`` is a function of ``(seed, s)`` alone.
+    checkpointer: saves every ``checkpoint_every`` steps and at the end, and is resumed from.
+    on_log: called as ``on_log(step, metrics)`` with the training metrics.
+    on_eval: called as ``on_eval(step, metrics)`` with the validation metrics.
+    mesh: a device mesh to train on, or None (one device).
+
+  Returns:
+    A `TrainResult`.
+
+  Example:
+    >>> from attn_jax import nn, tasks, training
+    >>> task = tasks.make_task(tasks.CopyMemorySpec(delay=5))  # L = 25, vocab 10
+    >>> model_fn = lambda rngs: nn.TransformerEncoder(
+    ...     vocab_size=10, max_len=25, num_layers=1, num_heads=2, d_model=8, d_ff=16, rngs=rngs)
+    >>> config = training.TrainConfig(num_steps=3, batch_size=4, warmup_steps=1)
+    >>> program = training.Program(model_fn, task, config)
+    >>> result = training.train(program, seed=0)
+    >>> result.steps, result.num_params == program.num_params
+    (3, True)
+  """
   started = time.perf_counter()
   seed_array = jnp.asarray(seed, jnp.int32)
   if mesh is None:
@@ -218,6 +284,26 @@ def train_seeds(program: Program, seeds: Sequence[int], *, on_log: LogFn | None 
   sequential scan). Each seed's numbers match `train(program, seed)` up to float reassociation
   (and all seeds stop together: once every one of them meets ``stop_accuracy``). Metrics passed
   to the callbacks and returned are lists with one entry per seed.
+
+  Args:
+    program: what to train.
+    seeds: the seeds, trained side by side.
+    on_log: as in `train`, with per-seed lists.
+    on_eval: as in `train`, with per-seed lists.
+
+  Returns:
+    A `TrainResult` whose state is stacked over the seeds.
+
+  Example:
+    >>> from attn_jax import nn, tasks, training
+    >>> task = tasks.make_task(tasks.CopyMemorySpec(delay=5))  # L = 25, vocab 10
+    >>> model_fn = lambda rngs: nn.TransformerEncoder(
+    ...     vocab_size=10, max_len=25, num_layers=1, num_heads=2, d_model=8, d_ff=16, rngs=rngs)
+    >>> config = training.TrainConfig(num_steps=3, batch_size=4, warmup_steps=1)
+    >>> program = training.Program(model_fn, task, config)
+    >>> result = training.train_seeds(program, [0, 1])
+    >>> len(result.eval_metrics["accuracy"]), result.state.step.tolist()
+    (2, [3, 3])
   """
   started = time.perf_counter()
   step_fn = jax.jit(jax.vmap(program.train_step), donate_argnums=0)

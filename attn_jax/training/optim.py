@@ -10,7 +10,21 @@ from attn_jax.training.config import TrainConfig
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
   """0 -> ``learning_rate`` linearly over ``warmup_steps``, then cosine to
-  ``learning_rate * end_lr_fraction`` at ``num_steps``."""
+  ``learning_rate * end_lr_fraction`` at ``num_steps``.
+
+  Args:
+    config: the training settings.
+
+  Returns:
+    An optax schedule: step -> learning rate.
+
+  Example:
+    >>> from attn_jax.training import TrainConfig
+    >>> schedule = learning_rate_schedule(
+    ...     TrainConfig(num_steps=100, learning_rate=1e-2, warmup_steps=10))
+    >>> [round(float(schedule(step)), 4) for step in (0, 5, 10, 100)]
+    [0.0, 0.005, 0.01, 0.001]
+  """
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0,
       peak_value=config.learning_rate,
@@ -34,12 +48,31 @@ def _decay_weights(rate: float, mask: jax.Array | np.ndarray) -> optax.GradientT
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(config: TrainConfig, decay_mask=None) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig,
+                   decay_mask: float | jax.Array | np.ndarray | None = None,
+                   ) -> optax.GradientTransformation:
   """Clipping, Adam scaling, decoupled weight decay, the schedule (AdamW, Loshchilov & Hutter).
 
   Clipping comes first, so one bad batch cannot blow Adam's moment estimates up. ``decay_mask``
   (1 where weight decay applies, e.g. only on matrices) must match the parameters' structure;
   None decays everything.
+
+  Args:
+    config: the training settings (clipping, Adam's b2, weight decay, the schedule).
+    decay_mask: where weight decay applies: a scalar, an array like the (flat) parameters, or
+      a pytree of scalars mirroring them; None: everywhere.
+
+  Returns:
+    An optax gradient transformation.
+
+  Example:
+    >>> import optax
+    >>> from attn_jax.training import TrainConfig
+    >>> tx = make_optimizer(TrainConfig(num_steps=10, learning_rate=0.1, warmup_steps=1))
+    >>> params = jnp.ones(3)
+    >>> updates, _ = tx.update(jnp.array([1.0, -2.0, 0.5]), tx.init(params), params)
+    >>> optax.apply_updates(params, updates)  # step 0 of the warmup: learning rate 0
+    Array([1., 1., 1.], dtype=float32)
   """
   parts = []
   if config.grad_clip_norm > 0:

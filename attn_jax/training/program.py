@@ -40,9 +40,26 @@ EVAL_STREAM, VALID_STREAM = 2, 3
 
 
 class NonFiniteStats(NamedTuple):
-  """Counters of skipped updates (int32 scalars). ``run`` is the current streak of consecutive
-  non-finite steps, starting at step ``run_start``; ``worst_run`` the longest streak so far,
-  starting at ``worst_start`` (kept so a streak that ends between two host checks is not missed).
+  """Counters of skipped updates (int32 scalars).
+
+  Kept so that a streak that ends between two host checks is not missed.
+
+  Attributes:
+    total: the updates skipped so far.
+    run: the current streak of consecutive non-finite steps.
+    run_start: the step the current streak started at (-1: none).
+    worst_run: the longest streak so far.
+    worst_start: the step the longest streak started at.
+
+  Example:
+    >>> from attn_jax import nn, tasks, training
+    >>> task = tasks.make_task(tasks.CopyMemorySpec(delay=5))  # L = 25, vocab 10
+    >>> model_fn = lambda rngs: nn.TransformerEncoder(
+    ...     vocab_size=10, max_len=25, num_layers=1, num_heads=2, d_model=8, d_ff=16, rngs=rngs)
+    >>> config = training.TrainConfig(num_steps=3, batch_size=4, warmup_steps=1)
+    >>> program = training.Program(model_fn, task, config)
+    >>> int(program.init(0).nonfinite.total)  # no update skipped yet
+    0
   """
 
   total: Array
@@ -55,12 +72,28 @@ class NonFiniteStats(NamedTuple):
 class TrainState(NamedTuple):
   """All a run needs to continue; a pytree of arrays only, so orbax saves it as is.
 
-  step: int32 [], the number of steps taken (skipped updates included).
-  seed_key: uint32 key data of ``jax.random.key(seed)``.
-  params: float32 [num_params], the model's `nnx.Param`s as one vector (see `FlatLayout`).
-  rest: the model's other variables except RNG keys (e.g. RNG counters).
-  rng_key_data: the model's RNG keys at init, as uint32 key data.
-  opt_state: the optax state (over the flat parameter vector).
+  Attributes:
+    step: int32 [], the number of steps taken (skipped updates included).
+    seed_key: uint32 key data of ``jax.random.key(seed)``.
+    params: float32 [num_params], the model's `nnx.Param`s as one vector (see `FlatLayout`).
+    rest: the model's other variables except RNG keys (e.g. RNG counters).
+    rng_key_data: the model's RNG keys at init, as uint32 key data.
+    opt_state: the optax state (over the flat parameter vector).
+    nonfinite: the `NonFiniteStats` of the updates skipped so far.
+
+  Example:
+    >>> from attn_jax import nn, tasks, training
+    >>> task = tasks.make_task(tasks.CopyMemorySpec(delay=5))  # L = 25, vocab 10
+    >>> model_fn = lambda rngs: nn.TransformerEncoder(
+    ...     vocab_size=10, max_len=25, num_layers=1, num_heads=2, d_model=8, d_ff=16, rngs=rngs)
+    >>> config = training.TrainConfig(num_steps=3, batch_size=4, warmup_steps=1)
+    >>> program = training.Program(model_fn, task, config)
+    >>> state = program.init(0)
+    >>> int(state.step), state.params.shape == (program.num_params,)
+    (0, True)
+    >>> state, metrics = jax.jit(program.train_step)(state)
+    >>> int(state.step), bool(metrics["finite"])
+    (1, True)
   """
 
   step: Array
@@ -95,7 +128,31 @@ class Program:
   """Training of the models ``model_fn(rngs)`` builds on ``task`` under ``config``.
 
   ``model_fn`` must map ``nnx.Rngs`` to a module that maps tokens int32 [B, L] to logits
-  [B, L, task.vocab_size]; dropout must follow ``model.train()`` / ``model.eval()``.
+  [B, L, task.vocab_size]; dropout must follow ``model.train()`` / ``model.eval()``. Every
+  method is a pure function of a `TrainState`, so it can be jitted, vmapped over seeds or laid
+  out on a device mesh.
+
+  Attributes:
+    model_fn: ``rngs -> nnx.Module``, the model to train.
+    task: the `attn_jax.tasks.Task` it trains on.
+    config: the `TrainConfig`.
+    flat_params: keep the parameters as one flat float32 vector (fast to compile on CPU), or
+      as the model's own pytree (needed to shard heads over a mesh's model axis).
+
+  Example:
+    >>> from attn_jax import nn, tasks, training
+    >>> task = tasks.make_task(tasks.CopyMemorySpec(delay=5))  # L = 25, vocab 10
+    >>> model_fn = lambda rngs: nn.TransformerEncoder(
+    ...     vocab_size=10, max_len=25, num_layers=1, num_heads=2, d_model=8, d_ff=16, rngs=rngs)
+    >>> config = training.TrainConfig(num_steps=3, batch_size=4, warmup_steps=1)
+    >>> program = training.Program(model_fn, task, config)
+    >>> state = program.init(seed=0)
+    >>> model = program.model(state)  # the nnx.Module the state holds
+    >>> batch = program.train_batch(state)
+    >>> model(batch.inputs).shape  # [B, L, vocab]
+    (4, 25, 10)
+    >>> sorted(program.evaluate(state))
+    ['accuracy', 'exact_match', 'loss', 'loss_all_positions']
   """
 
   model_fn: ModelFn

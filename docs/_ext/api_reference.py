@@ -16,18 +16,15 @@
   argument, a word set in code) is shown as code.
 """
 
-import ast
 import builtins
 import functools
 import importlib
 import inspect
 import re
-import types
-from pathlib import Path
 
 from docutils import nodes
 from docutils.parsers.rst.states import RSTStateMachine, state_classes
-from sphinx.ext.autosummary.generate import find_autosummary_in_files
+from public_api import API_INDEX, api_modules, kind_of, public_names
 from sphinx.util import logging
 from sphinx.util.docutils import NullReporter, new_document
 from sphinx.util.inspect import stringify_signature
@@ -35,63 +32,9 @@ from sphinx.util.nodes import make_refnode
 
 logger = logging.getLogger(__name__)
 
-API_INDEX = "api/index.md"
 PACKAGE = "attn_jax"
 KIND_ORDER = ("function", "class", "exception", "data", "module")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-
-
-def api_modules(srcdir) -> list[str]:
-  """The modules docs/api/index.md lists, in order."""
-  return [entry.name for entry in find_autosummary_in_files([str(Path(srcdir) / API_INDEX)])]
-
-
-def _defined_names(module: types.ModuleType) -> list[str]:
-  """Top-level names a module's own source defines (def, class, assignment), in source order."""
-  try:
-    tree = ast.parse(inspect.getsource(module))
-  except (OSError, TypeError):
-    return []
-  names = []
-  for node in tree.body:
-    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-      names.append(node.name)
-    elif isinstance(node, ast.Assign):
-      names += [t.id for t in node.targets if isinstance(t, ast.Name)]
-    elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-      names.append(node.target.id)
-  return names
-
-
-def public_names(module: types.ModuleType) -> list[str]:
-  """``__all__``, or the public functions, classes and constants the module defines.
-
-  Assignments of a class or a module (``Array = jax.Array``) are local aliases, not API.
-  """
-  if hasattr(module, "__all__"):
-    return list(module.__all__)
-  names = []
-  for name in _defined_names(module):
-    if name.startswith("_") or name in names or not hasattr(module, name):
-      continue
-    value = getattr(module, name)
-    if inspect.ismodule(value):
-      continue
-    defined_elsewhere = getattr(value, "__module__", None) != module.__name__
-    if (inspect.isclass(value) or inspect.isfunction(value)) and defined_elsewhere:
-      continue  # an alias of something defined elsewhere
-    names.append(name)
-  return names
-
-
-def kind_of(value) -> str:
-  if inspect.ismodule(value):
-    return "module"
-  if inspect.isclass(value):
-    return "exception" if issubclass(value, BaseException) else "class"
-  if inspect.isfunction(value) or inspect.isbuiltin(value):
-    return "function"
-  return "data"
 
 
 @functools.cache
@@ -128,6 +71,18 @@ def _home_module(value, name: str, modname: str, documented: tuple[str, ...]) ->
       # A function or class lives where it is defined; a constant where its module defines it.
       if home == other or (kind_of(value) == "data" and not hasattr(module, "__all__")):
         return other
+  # Defined in a module without a page (attn_jax.core.block_mask) and exported by several
+  # pages (attn_jax, attn_jax.core): documented once, on the exporting page nearest to where it
+  # is defined (the longest prefix of its module), and linked from the others.
+  home = getattr(value, "__module__", None) or ""
+  exporters = [m for m in documented
+               if name in public_names(importlib.import_module(m))
+               and getattr(importlib.import_module(m), name, None) is value
+               and (home == m or home.startswith(m + "."))]
+  if kind_of(value) != "data" and exporters:
+    nearest = max(exporters, key=len)
+    if nearest != modname:
+      return nearest
   return None
 
 
@@ -351,7 +306,24 @@ def _documented_by_identity(app, env) -> dict[int, str]:
 
 
 def resolve_backtick_name(app, env, node, contnode):
-  if node.get("refdomain") != "py" or node.get("reftype") not in ("obj", "class"):
+  if node.get("refdomain") != "py":
+    return None
+  reftype = node.get("reftype")
+  if reftype in ("func", "meth", "attr", "data", "exc", "mod"):
+    # An explicit role ({py:func}`attn_jax.create_block_mask`) naming a re-export of a name
+    # documented under another module: linked by identity, like a backtick name. A name that
+    # exists nowhere stays a warning.
+    target = node.get("reftarget", "").removesuffix("()")
+    if not target.startswith(PACKAGE + ".") or not _IDENTIFIER.match(target):
+      return None
+    value = _import_dotted(target)
+    fullname = None if value is _MISSING else _documented_by_identity(app, env).get(id(value))
+    if fullname is None:
+      return None
+    entry = env.get_domain("py").objects[fullname]
+    return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode,
+                        fullname)
+  if reftype not in ("obj", "class"):
     return None
   target = node.get("reftarget", "")
   if target.endswith("()"):

@@ -44,10 +44,11 @@ def test_combine_bad_shapes_raise_naming_shapes():
 QUERY = jnp.array([[1.0, 0.0]])  # one query
 KEY = jnp.array([[1.0, 0.0], [0.0, 1.0]])  # two keys: logits (dot) [1, 0]
 VALUE = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+ONE = functools.partial(scores.dot, scale=1.0)  # the plain product q . k
 
 
 def test_attend_by_hand():
-  out, weights = attend(QUERY, KEY, VALUE, score_fn=scores.dot, return_weights=True)
+  out, weights = attend(QUERY, KEY, VALUE, score_fn=ONE, return_weights=True)
   np.testing.assert_allclose(weights, [[E / (1 + E), 1 / (1 + E)]], rtol=1e-6)
   np.testing.assert_allclose(out, [[E / (1 + E), 1 / (1 + E)]], rtol=1e-6)
   # The default score is the scaled dot product: logits [1/sqrt(2), 0].
@@ -56,9 +57,9 @@ def test_attend_by_hand():
 
 
 def test_attend_by_hand_with_bias_and_mask():
-  out = attend(QUERY, KEY, VALUE, score_fn=scores.dot, bias=jnp.array([0.0, 1.0]))
+  out = attend(QUERY, KEY, VALUE, score_fn=ONE, bias=jnp.array([0.0, 1.0]))
   np.testing.assert_allclose(out, [[0.5, 0.5]], rtol=1e-6)  # logits [1, 1]
-  out, weights = attend(QUERY, KEY, VALUE, score_fn=scores.dot, mask=jnp.array([False, True]),
+  out, weights = attend(QUERY, KEY, VALUE, score_fn=ONE, mask=jnp.array([False, True]),
                         return_weights=True)
   np.testing.assert_array_equal(weights, [[0.0, 1.0]])
   np.testing.assert_array_equal(out, [[0.0, 1.0]])
@@ -118,7 +119,7 @@ def _mask_and_bias(rng, num_heads):
 
 
 def _loop_over_heads(query, key, value, *, params_of=lambda n: None, bias=None, mask=None,
-                     score_fn=scores.scaled_dot):
+                     score_fn=scores.dot):
   """The multi-head definition as a Python loop: head n reads kv head n // (N // K)."""
   groups = query.shape[1] // key.shape[1]
   outs = [attend(query[:, n], key[:, n // groups], value[:, n // groups], score_fn=score_fn,
@@ -228,3 +229,50 @@ def test_multi_head_attend_bad_mask_shape_raises_naming_it():
   query, key, value = (jnp.ones(s) for s in [(T, 4, H), (S, 2, H), (S, 2, H)])
   with pytest.raises(ValueError, match=r"\(2, 3, 5\)"):  # 2 mask heads for 4 query heads
     multi_head_attend(query, key, value, mask=jnp.ones((2, T, S), bool))
+
+
+# ----------------------------------------------------------------------------- mods: one signature
+
+
+def test_attend_score_mod_sees_indices_by_hand():
+  # score + 10 * kv_idx + 100 * b + 1000 * h, with b = 3, h = 2 given: logits [1, 0] + [0, 10]
+  # + 3300 -> weights softmax([1, 10]).
+  mod = lambda s, b, h, q, kv: s + 10.0 * kv + 100.0 * b + 1000.0 * h
+  out, weights = attend(QUERY, KEY, VALUE, score_fn=ONE, score_mod=mod, batch_index=3,
+                        head_index=2, return_weights=True)
+  expected = np.exp([1.0, 10.0]) / np.exp([1.0, 10.0]).sum()
+  np.testing.assert_allclose(weights[0], expected, rtol=1e-5)
+  # b = h = 0 by default: a mod that reads them sees zeros.
+  seen = attend(QUERY, KEY, VALUE, score_mod=lambda s, b, h, q, kv: s + 0.0 * b + h,
+                return_weights=True)[1]
+  np.testing.assert_allclose(seen, attend(QUERY, KEY, VALUE, return_weights=True)[1], rtol=1e-6)
+
+
+def test_attend_mask_mod_equals_dense_mask():
+  mask_mod = lambda b, h, q, kv: kv >= 1
+  got = attend(QUERY, KEY, VALUE, mask_mod=mask_mod)
+  np.testing.assert_array_equal(got, attend(QUERY, KEY, VALUE, mask=jnp.array([False, True])))
+
+
+def test_multi_head_attend_score_mod_h_is_the_query_head(rng):
+  query, key, value = _qkv(rng, 4, 2)
+  slopes = jnp.array([0.1, 0.5, 1.0, 2.0])
+  mod = lambda s, b, h, q, kv: s - slopes[h] * jnp.abs(q - kv)
+  got = multi_head_attend(query, key, value, score_mod=mod)
+  distance = jnp.abs(jnp.arange(T)[:, None] - jnp.arange(S)[None, :])
+  bias = -slopes[:, None, None] * distance  # [N, T, S]
+  np.testing.assert_allclose(got, _loop_over_heads(query, key, value, bias=bias), atol=1e-6)
+
+
+@pytest.mark.parametrize("old", [lambda logits: logits, lambda logits, head: logits])
+def test_old_style_score_mod_raises_type_error_naming_the_signature(rng, old):
+  with pytest.raises(TypeError, match=r"score, b, h, q_idx, kv_idx"):
+    attend(QUERY, KEY, VALUE, score_mod=old)
+  query, key, value = _qkv(rng)
+  with pytest.raises(TypeError, match=r"score, b, h, q_idx, kv_idx"):
+    multi_head_attend(query, key, value, score_mod=old)
+
+
+def test_short_mask_mod_raises_type_error_naming_the_signature():
+  with pytest.raises(TypeError, match=r"b, h, q_idx, kv_idx"):
+    attend(QUERY, KEY, VALUE, mask_mod=lambda q, kv: q >= kv)

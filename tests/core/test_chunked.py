@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from attn_jax.core import block_mask, mods, scores
-from attn_jax.core.block_mask import EMPTY, FULL, PARTIAL, Layout
-from attn_jax.core.chunked import block_plan, chunked_attention
+from attn_jax.core import mods, scores
+from attn_jax.core.block_mask import EMPTY, FULL, PARTIAL
+from attn_jax.core.chunked import call_block_mask, chunked_attention
+from attn_jax.core.chunked import dropout_keep_mask as chunked_dropout_keep_mask
 
 # ----------------------------------------------------------------------------- references
 
@@ -170,24 +171,20 @@ def test_value_worked_out_by_hand():
 
 def test_static_plan_skips_blocks_outside_the_band():
   E, P, F = EMPTY, PARTIAL, FULL
-  causal = Layout(16, 16, 4, 4, kv_heads=1, groups=1, is_causal=True, window=None)
-  summary = block_mask.static_summary(causal, 1, None)
+  causal = call_block_mask(1, 16, 16, 1, is_causal=True, block_q=4, block_k=4)
+  assert isinstance(causal.kind, np.ndarray)  # worked out at trace time
   # Diagonal blocks partial, blocks below full, blocks above never visited.
-  np.testing.assert_array_equal(summary.kind[0], [[P, E, E, E], [F, P, E, E], [F, F, P, E],
-                                                  [F, F, F, P]])
-  plan, fwd_steps, bwd_steps = block_mask.plan(summary.kind, summary.kind)
-  assert (fwd_steps, bwd_steps) == (4, 4)
-  np.testing.assert_array_equal(plan.fwd_count[0], [1, 2, 3, 4])  # query block i: key blocks <= i
-  np.testing.assert_array_equal(plan.bwd_count[0], [4, 3, 2, 1])
-  np.testing.assert_array_equal(plan.bwd_order[0, 2, :2], [2, 3])
+  np.testing.assert_array_equal(causal.kind[0, 0], [[P, E, E, E], [F, P, E, E], [F, F, P, E],
+                                                    [F, F, F, P]])
+  np.testing.assert_array_equal(causal.kv_count[0, 0], [1, 2, 3, 4])  # block i: key blocks <= i
+  np.testing.assert_array_equal(causal.q_count[0, 0], [4, 3, 2, 1])
+  np.testing.assert_array_equal(causal.q_indices[0, 0, 2, :2], [2, 3])
   # Window (left 4, right 0) over blocks of 4: query block i needs key blocks i - 1 and i.
-  window = Layout(16, 16, 4, 4, kv_heads=1, groups=1, is_causal=False, window=(4, 0))
-  summary = block_mask.static_summary(window, 1, None)
-  np.testing.assert_array_equal(summary.kind[0], [[P, E, E, E], [P, P, E, E], [E, P, P, E],
-                                                  [E, E, P, P]])
-  plan, fwd_steps, _ = block_mask.plan(summary.kind, summary.kind)
-  assert fwd_steps == 2
-  np.testing.assert_array_equal(plan.fwd_order[0, :, :2], [[0, 1], [0, 1], [1, 2], [2, 3]])
+  window = call_block_mask(1, 16, 16, 1, local_window_size=(4, 0), block_q=4, block_k=4)
+  np.testing.assert_array_equal(window.kind[0, 0], [[P, E, E, E], [P, P, E, E], [E, P, P, E],
+                                                    [E, E, P, P]])
+  assert window.kv_count.max() == 2
+  np.testing.assert_array_equal(window.kv_indices[0, 0, :, :2], [[0, 1], [0, 1], [1, 2], [2, 3]])
 
 
 @pytest.mark.usefixtures("x64")
@@ -310,14 +307,66 @@ def test_memory_grows_with_blocks_not_with_the_attention_matrix():
 
 
 def test_blocks_chosen_for_the_mask_known_at_trace_time():
-  plan = lambda **kw: block_plan(1, 16384, 16384, 4, **kw)
+  plan = lambda **kw: call_block_mask(1, 16384, 16384, 4, **kw)
   assert (plan().block_q, plan(is_causal=True).block_q) == (512, 512)  # dense, causal: large
   # A 256 window: 512-blocks would compute a band 4x wider than the window, 64-blocks 1.25x.
   window = plan(local_window_size=(256, 0))
-  assert (window.block_q, window.block_k, window.fwd_steps) == (64, 64, 5)
+  assert (window.block_q, window.block_k, window.kv_count.max()) == (64, 64, 5)
   assert plan(mask_mod=mods.sliding_window(256, 0)).block_q == 64  # the same, as a mod
   assert plan(local_window_size=(256, 0), block_q=512, block_k=512).block_q == 512  # as asked
   # Traced lengths do not change the blocks: they are chosen at trace time.
   lengths = jnp.asarray([100])
   assert plan(key_value_seq_lengths=lengths).block_q == 512
 
+
+
+# ----------------------------------------------------------------------------- dropout
+
+
+def _dense_dropout(query, key, value, keep, rate, *, is_causal):
+  """Dense attention with dropout on the weights: softmax, then keep / (1 - rate), then V."""
+  b, t, n, _ = query.shape
+  allowed = full_mask(b, n, t, key.shape[1], is_causal=is_causal)
+  groups = n // key.shape[2]
+  k, v = jnp.repeat(key, groups, axis=2), jnp.repeat(value, groups, axis=2)
+  logits = jnp.einsum("btnh,bsnh->bnts", query, k) * query.shape[-1] ** -0.5
+  weights = jax.nn.softmax(jnp.where(allowed, logits, -jnp.inf), axis=-1)
+  weights = jnp.where(keep, weights / (1 - rate), 0.0)
+  return jnp.einsum("bnts,bsnh->btnh", weights, v)
+
+
+def test_dropout_equals_the_dense_path_fed_the_same_mask():
+  rng = np.random.default_rng(0)
+  draw = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  query, key, value, d_out = draw(2, 13, 4, 8), draw(2, 13, 2, 8), draw(2, 13, 2, 8), draw(
+      2, 13, 4, 8)
+  rate, dropout_rng = 0.3, jax.random.key(7)
+  keep = chunked_dropout_keep_mask(dropout_rng, rate, 2, 4, 13, 13, 4, 8)
+  chunked_fn = lambda q, k, v: chunked_attention(q, k, v, is_causal=True, block_q=4, block_k=8,
+                                                 dropout_rate=rate, dropout_rng=dropout_rng)
+  dense_fn = lambda q, k, v: _dense_dropout(q, k, v, keep, rate, is_causal=True)
+  got = _outputs_and_grads(chunked_fn, (query, key, value), d_out)
+  want = _outputs_and_grads(dense_fn, (query, key, value), d_out)
+  chex.assert_trees_all_close(got, want, atol=1e-5, rtol=1e-5)
+  # Another key, another mask; rate 0 is no dropout.
+  other = chunked_attention(query, key, value, is_causal=True, block_q=4, block_k=8,
+                            dropout_rate=rate, dropout_rng=jax.random.key(8))
+  assert float(jnp.abs(other - got[0]).max()) > 1e-2
+
+
+def test_dropout_keep_rate_and_blocks_independent():
+  keep = chunked_dropout_keep_mask(jax.random.key(0), 0.25, 2, 2, 256, 256, 64, 64)
+  assert abs(float(keep.mean()) - 0.75) < 0.01  # 262,144 draws: 4 sigma is 0.0034
+  blocks = np.asarray(keep).reshape(2, 2, 4, 64, 4, 64)
+  # Every (batch, head, query block, key block) draws its own bits.
+  flat = blocks.transpose(0, 1, 2, 4, 3, 5).reshape(-1, 64 * 64)
+  assert len({row.tobytes() for row in flat}) == flat.shape[0]
+
+
+def test_dropout_trains_long_sequences_in_blockwise_memory():
+  spec = jax.ShapeDtypeStruct((1, 2048, 2, 16), jnp.float32)
+  loss = lambda q, k, v, r: jnp.sum(chunked_attention(
+      q, k, v, is_causal=True, block_q=256, block_k=256, dropout_rate=0.1, dropout_rng=r) ** 2)
+  compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(
+      spec, spec, spec, jax.random.key(0)).compile()
+  assert compiled.memory_analysis().temp_size_in_bytes < 2 * 2048 * 2048 * 4 / 3

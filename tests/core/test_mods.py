@@ -206,15 +206,15 @@ def test_skipped_blocks_are_exactly_the_empty_ones(data):
   traced = data.draw(st.booleans())  # segment ids known at trace time, or only on device
   mask_mod = mods.document(jnp.asarray(segments))
   kwargs = dict(is_causal=causal, local_window_size=window, block_q=8, block_k=8)
+  walked = lambda bm: chunked._walk(bm)[0].kind  # what the kernel walks: [B|1, nQ, nK]
   if traced:
-    plan = jax.jit(lambda ids: chunked.block_plan(
-        batch, length, length, 2, mask_mod=mods.document(ids), **kwargs).kind)(segments)
-    per_batch = chunked.block_plan(batch, length, length, 2, mask_mod=mask_mod,
-                                   **kwargs).per_batch
+    plan = jax.jit(lambda ids: walked(chunked.call_block_mask(
+        batch, length, length, 2, mask_mod=mods.document(ids), **kwargs)))(segments)
   else:
-    result = chunked.block_plan(batch, length, length, 2, mask_mod=mask_mod, **kwargs)
-    plan, per_batch = result.kind, result.per_batch
-    assert isinstance(plan, np.ndarray)  # derived at trace time
+    result = chunked.call_block_mask(batch, length, length, 2, mask_mod=mask_mod, **kwargs)
+    assert isinstance(result.kind, np.ndarray)  # derived at trace time
+    plan = walked(result)
+  per_batch = batch > 1 and -(-length // 8) > 1
   allowed = np.asarray(jnp.broadcast_to(mods.dense_mask(
       mods.and_masks(mask_mod, mods.causal() if causal else None,
                      mods.sliding_window(*window) if window else None),
@@ -224,9 +224,10 @@ def test_skipped_blocks_are_exactly_the_empty_ones(data):
 
 def test_document_blocks_skipped_and_full_blocks_unmasked():
   ids = jnp.asarray(np.repeat(np.arange(4), 16)[None], jnp.int32)  # 4 documents of 16
-  plan = chunked.block_plan(1, 64, 64, 2, mask_mod=mods.document(ids), block_q=16, block_k=16)
-  np.testing.assert_array_equal(plan.kind[0], np.eye(4, dtype=int) * FULL)  # 12 of 16 skipped
-  assert (plan.fwd_steps, plan.bwd_steps) == (1, 1)
+  plan = chunked.call_block_mask(1, 64, 64, 2, mask_mod=mods.document(ids), block_q=16,
+                                 block_k=16)
+  np.testing.assert_array_equal(plan.kind[0, 0], np.eye(4, dtype=int) * FULL)  # 12 of 16 skipped
+  assert (plan.max_kv_blocks, plan.max_q_blocks) == (1, 1)
 
 
 # ----------------------------------------------------------------------------- transformations
@@ -284,6 +285,18 @@ def test_mods_returning_the_wrong_dtype_or_shape_raise(kind, mod, match, impleme
   with pytest.raises(ValueError, match=match):
     attn_jax.dot_product_attention(query, key, value, implementation=implementation,
                                    **{kind: mod})
+
+
+@pytest.mark.parametrize(("kind", "mod", "match"), [
+    ("score_mod", lambda logits: logits, r"score, b, h, q_idx, kv_idx"),
+    ("score_mod", lambda logits, head: logits, r"score, b, h, q_idx, kv_idx"),
+    ("mask_mod", lambda q_idx, kv_idx: kv_idx <= q_idx, r"b, h, q_idx, kv_idx"),
+])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=str)
+def test_old_style_mods_raise_type_error_naming_the_signature(kind, mod, match, implementation):
+  query, key, value, _ = _inputs()
+  with pytest.raises(TypeError, match=match):
+    _attention(implementation)(query, key, value, **{kind: mod})
 
 
 def test_cudnn_refuses_mods_and_the_default_never_sends_them_there(monkeypatch):

@@ -22,18 +22,18 @@ QK = np.array([[3.0, 0.0], [7.0, 2.0]])
 # ----------------------------------------------------------------------------- by hand
 
 
-def test_dot_by_hand():
-  np.testing.assert_allclose(scores.dot(Q, K), QK, rtol=1e-6)
+def test_dot_by_hand_scale_one_is_the_plain_product():
+  np.testing.assert_allclose(scores.dot(Q, K, scale=1.0), QK, rtol=1e-6)
 
 
-def test_scaled_dot_by_hand_default_scale_is_inverse_sqrt_key_dim():
-  np.testing.assert_allclose(scores.scaled_dot(Q, K), QK / np.sqrt(2.0), rtol=1e-6)
+def test_dot_by_hand_default_scale_is_inverse_sqrt_key_dim():
+  np.testing.assert_allclose(scores.dot(Q, K), QK / np.sqrt(2.0), rtol=1e-6)
 
 
-def test_scaled_dot_by_hand_scale_override():
+def test_dot_by_hand_scale_override():
   expected = np.array([[1.5, 0.0], [3.5, 1.0]])
-  np.testing.assert_allclose(scores.scaled_dot(Q, K, scale=0.5), expected, rtol=1e-6)
-  bound = functools.partial(scores.scaled_dot, scale=0.5)  # the pipeline's calling convention
+  np.testing.assert_allclose(scores.dot(Q, K, scale=0.5), expected, rtol=1e-6)
+  bound = functools.partial(scores.dot, scale=0.5)  # the pipeline's calling convention
   np.testing.assert_allclose(bound(Q, K, None), expected, rtol=1e-6)
 
 
@@ -76,10 +76,10 @@ def pair(rng):
 def test_parameter_free_scores_match_numpy(pair):
   query, key = pair
   q, k = jnp.asarray(query, jnp.float32), jnp.asarray(key, jnp.float32)
-  np.testing.assert_allclose(scores.dot(q, k), query @ key.T, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(scores.scaled_dot(q, k), query @ key.T / 2.0, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(scores.dot(q, k, scale=1.0), query @ key.T, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(scores.dot(q, k), query @ key.T / 2.0, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(
-      scores.scaled_dot(q, k, scale=0.3), 0.3 * query @ key.T, rtol=1e-5, atol=1e-6)
+      scores.dot(q, k, scale=0.3), 0.3 * query @ key.T, rtol=1e-5, atol=1e-6)
   expected_cos = _np_normalize(query) @ _np_normalize(key).T
   np.testing.assert_allclose(scores.cosine(q, k), 2.0 * expected_cos, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(scores.cosine(q, k, scale=7.0), 7.0 * expected_cos, rtol=1e-5,
@@ -135,8 +135,8 @@ def test_cosine_zero_vector_gives_finite_logits_and_gradients():
 # ----------------------------------------------------------------------------- dtypes, vmap
 
 
-@pytest.mark.parametrize("fn", [scores.dot, scores.scaled_dot, scores.cosine],
-                         ids=["dot", "scaled_dot", "cosine"])
+@pytest.mark.parametrize("fn", [scores.dot, functools.partial(scores.dot, scale=1.0),
+                                scores.cosine], ids=["dot", "dot_scale_one", "cosine"])
 def test_bfloat16_inputs_give_float32_logits(fn, pair):
   query, key = (jnp.asarray(x, jnp.bfloat16) for x in pair)
   logits = fn(query, key, None)
@@ -145,9 +145,9 @@ def test_bfloat16_inputs_give_float32_logits(fn, pair):
   np.testing.assert_allclose(logits, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_scaled_dot_vmapped_over_heads_equals_batched_einsum(rng):
+def test_dot_vmapped_over_heads_equals_batched_einsum(rng):
   query, key = rng.standard_normal((3, 2, 4)), rng.standard_normal((5, 2, 4))  # [T|S, N, D]
-  got = jax.vmap(scores.scaled_dot, in_axes=(1, 1, None))(
+  got = jax.vmap(scores.dot, in_axes=(1, 1, None))(
       jnp.asarray(query, jnp.float32), jnp.asarray(key, jnp.float32), None)  # [N, T, S]
   np.testing.assert_allclose(got, np.einsum("tnd,snd->nts", query, key) / 2.0, rtol=1e-5,
                              atol=1e-6)
@@ -156,8 +156,8 @@ def test_scaled_dot_vmapped_over_heads_equals_batched_einsum(rng):
 # ----------------------------------------------------------------------------- errors, lookup
 
 
-@pytest.mark.parametrize("fn", [scores.dot, scores.scaled_dot, scores.cosine],
-                         ids=["dot", "scaled_dot", "cosine"])
+@pytest.mark.parametrize("fn", [scores.dot, functools.partial(scores.dot, scale=1.0),
+                                scores.cosine], ids=["dot", "dot_scale_one", "cosine"])
 def test_mismatched_key_dim_raises_naming_shapes(fn):
   with pytest.raises(ValueError, match=r"\(3, 4\).*\(5, 6\)"):
     fn(jnp.ones((3, 4)), jnp.ones((5, 6)), None)
@@ -179,10 +179,16 @@ def test_bilinear_wrong_weight_shape_raises_naming_shapes():
 def test_get_score_returns_the_registered_functions():
   # "dot" means the scaled dot product, as in the batched API and the modules.
   assert list(scores.SCORES) == ["dot", "cosine", "additive", "bilinear"]
-  for name, fn in [("dot", scores.scaled_dot), ("cosine", scores.cosine),
+  for name, fn in [("dot", scores.dot), ("cosine", scores.cosine),
                    ("additive", scores.additive), ("bilinear", scores.bilinear)]:
     assert scores.get_score(name) is fn
   assert set(scores.PARAMETER_FREE) <= set(scores.SCORES)
+
+
+def test_get_score_old_scaled_dot_name_points_at_dot_with_scale():
+  with pytest.raises(ValueError, match="'dot'.*scale"):
+    scores.get_score("scaled_dot")
+  assert not hasattr(scores, "scaled_dot")
 
 
 def test_get_score_unknown_name_raises_listing_known_names():

@@ -123,7 +123,7 @@ def test_relative_positions_equal_an_explicit_t5_bias(causal, hf_t5_bucket):
   assert all(np.any(grad[b] != 0) for b in used)
 
 
-def test_bilinear_starts_as_scaled_dot():
+def test_bilinear_starts_as_dot():
   """The bilinear score's identity initialisation makes it equal the scaled dot product."""
   dot = MultiHeadAttention(num_heads=2, in_features=8, score="dot", rngs=nnx.Rngs(0))
   bil = MultiHeadAttention(num_heads=2, in_features=8, score="bilinear", rngs=nnx.Rngs(0))
@@ -247,3 +247,31 @@ def test_weighted_scores_on_the_chunked_kernel_equal_the_reference(score):
   got, want = nnx.grad(loss)(chunked), nnx.grad(loss)(reference)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("score", ["dot", "additive"])
+def test_sinks_are_a_learnable_parameter_passed_to_every_path(score):
+  make = lambda implementation, sinks=True: MultiHeadAttention(
+      num_heads=4, num_kv_heads=2, in_features=16, score=score, implementation=implementation,
+      sinks=sinks, rngs=nnx.Rngs(0))
+  assert make(None, sinks=False).sinks is None
+  modules = {name: make(name) for name in ("reference", "chunked")}
+  for module in modules.values():
+    np.testing.assert_array_equal(module.sinks[...], np.zeros(4))  # initialised to zeros
+    module.sinks[...] = jnp.array([-1.0, 0.0, 1.0, 3.0])
+  x = _inputs(2, 10, 16)
+  outs = {name: module(x, is_causal=True) for name, module in modules.items()}
+  np.testing.assert_allclose(outs["chunked"], outs["reference"], atol=1e-5)
+  # The weights path (single head, vmapped) carries the sinks too: rows sum to less than 1.
+  out, weights = modules["reference"](x, is_causal=True, return_weights=True)
+  np.testing.assert_allclose(out, outs["reference"], atol=1e-5)
+  assert np.all(np.asarray(weights.sum(-1)) < 1.0)
+  # A sink at -1e9 takes no weight: the module without sinks.
+  plain = make("reference", sinks=False)
+  modules["reference"].sinks[...] = jnp.full(4, -1e9)
+  np.testing.assert_allclose(modules["reference"](x), plain(x), atol=1e-6)
+  modules["reference"].sinks[...] = jnp.array([-1.0, 0.0, 1.0, 3.0])
+  loss = lambda module: jnp.sum(jnp.sin(module(x, is_causal=True)))
+  got, want = nnx.grad(loss)(modules["chunked"]), nnx.grad(loss)(modules["reference"])
+  assert np.all(np.abs(np.asarray(want.sinks[...])) > 0)
+  np.testing.assert_allclose(got.sinks[...], want.sinks[...], atol=1e-5)
