@@ -195,7 +195,17 @@ class ShortConv(nnx.Module):
 
 
 class MixerBlock(nnx.Module):
-  """Pre-LayerNorm block: ``x + mixer(conv(LN(x)))``, then ``x + Mlp(LN(x))``. [B, L, D]."""
+  """Pre-LayerNorm block: ``x + mixer(conv(LN(x)))``, then ``x + Mlp(LN(x))``. [B, L, D].
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> rngs = nnx.Rngs(0)
+    >>> block = MixerBlock(mixer=make_mixer("gated_linear", d_model=8, key_dim=4, rngs=rngs),
+    ...                    d_model=8, d_ff=16, short_conv=4, rngs=rngs)
+    >>> block(jnp.ones((2, 5, 8))).shape
+    (2, 5, 8)
+  """
 
   def __init__(self, *, mixer: nnx.Module, d_model: int, d_ff: int, short_conv: int,
                rngs: nnx.Rngs):

@@ -64,7 +64,13 @@ class MqarSpec:
 @dataclasses.dataclass(frozen=True)
 class SelectiveCopySpec:
   """Selective-copying settings (see `attn_jax.tasks.selective_copy`): ``num_tokens`` data
-  tokens from ``num_symbols`` symbols among ``context_len`` positions, then copied in order."""
+  tokens from ``num_symbols`` symbols among ``context_len`` positions, then copied in order.
+
+  Example:
+    >>> task = make_task(SelectiveCopySpec(context_len=48, num_tokens=8, num_symbols=8))
+    >>> task.seq_len, task.vocab_size, task.chance_accuracy
+    (56, 10, 0.125)
+  """
 
   context_len: int = 48
   num_tokens: int = 8

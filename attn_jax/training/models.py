@@ -77,7 +77,14 @@ class MixerSpec:
   """`attn_jax.nn.MixerModel` settings: the recall zoo's shared block around ``mixer`` (one of
   `attn_jax.nn.mixers.MIXERS`). ``d_ff`` 0 means ``2 * d_model``; ``key_dim`` sizes the keys of
   the linear and gated mixers, ``window`` the sliding window, ``short_conv`` the causal
-  convolution every block has (0: none)."""
+  convolution every block has (0: none).
+
+  Example:
+    >>> from flax import nnx
+    >>> spec = MixerSpec(mixer="lstm", d_model=16, num_layers=1, short_conv=0)
+    >>> make_model(spec, vocab_size=10, max_len=32, rngs=nnx.Rngs(0)).state_size(32)
+    32
+  """
 
   mixer: str = "attention"
   d_model: int = 32
