@@ -15,7 +15,7 @@ from attn_jax.core.block_mask import BlockMask
 
 Array = jax.Array
 #: The implementations `attn_jax.dot_product_attention` can be asked for by name.
-IMPLEMENTATIONS = ("reference", "xla", "cudnn", "chunked")
+IMPLEMENTATIONS = ("reference", "xla", "cudnn", "chunked", "pallas", "splash")
 
 
 class Arguments(NamedTuple):

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 
 from attn_jax._arguments import IMPLEMENTATIONS as IMPLEMENTATIONS  # re-exported
 from attn_jax._arguments import Arguments, validate, validate_sinks
-from attn_jax.core import batched, chunked, cudnn, masks, mods, scores
+from attn_jax.core import batched, chunked, cudnn, masks, mods, pallas_attention, scores, splash
 from attn_jax.core.block_mask import BlockMask
 
 Array = jax.Array
-Implementation = Literal["reference", "xla", "cudnn", "chunked"]
+Implementation = Literal["reference", "xla", "cudnn", "chunked", "pallas", "splash"]
 SCORES = scores.PARAMETER_FREE  # the scores taken by name here (weighted ones: the modules)
 
 # The default dispatch, after cuDNN (where it applies, see `cudnn.unsupported_reason`):
@@ -111,7 +111,25 @@ def _resolve(implementation, args: Arguments, **facts) -> str:
     reason = _cudnn_reason(args, **facts)
     if reason is not None:
       raise ValueError(f"implementation='cudnn' cannot serve these arguments: {reason}")
+  if implementation == "pallas":  # never the default: no GPU measurement says it is ahead yet
+    reason = pallas_attention.unsupported_reason()
+    if reason is not None:
+      raise ValueError(f"implementation='pallas' cannot serve these arguments: {reason}")
+  if implementation == "splash":  # by name only until a TPU measurement says more
+    reason = splash.unsupported_reason(
+        args.query, args.key, score=args.score, bias=args.bias, mask=args.mask,
+        has_seq_lengths=args.has_seq_lengths, score_mod=args.score_mod, mask_mod=_all_mods(args))
+    if reason is None and any(facts.values()):
+      reason = "splash is called here without sinks, residual or dropout"
+    if reason is not None:
+      raise ValueError(f"implementation='splash' cannot serve these arguments: {reason}")
   return implementation
+
+
+def _all_mods(args: Arguments):
+  """The mask_mod and the block mask's mod as one mask_mod (or None)."""
+  return mods.and_masks(args.mask_mod,
+                        None if args.block_mask is None else args.block_mask.mask_mod)
 
 
 def select_implementation(
@@ -157,8 +175,11 @@ def dot_product_attention(
     score: "dot" (scaled dot product) or "cosine" (query and key L2-normalised per head).
     implementation: None (the fastest valid on this backend: cuDNN on NVIDIA GPUs where it
       applies, else XLA, or chunked for large T * S), "reference" (the single-head definition,
-      vmapped), "xla", "cudnn" or "chunked" (memory-efficient: no [T, S] matrix held at once).
-      A requested implementation that cannot serve the arguments raises ValueError.
+      vmapped), "xla", "cudnn", "chunked" (memory-efficient: no [T, S] matrix held at once) or
+      "pallas" (the chunked semantics as a Pallas kernel: compiled on a GPU, interpreted on
+      CPU, for tests; never picked by default) or "splash" (jax's TPU splash attention, for
+      masks known at trace time; by name only). A requested implementation that cannot serve
+      the arguments raises ValueError.
     score_mod: ``score_mod(score, b, h, q_idx, kv_idx) -> score`` on the float32 logit
       (``scale * q . k``, plus ``bias``), before masking and the softmax.
     mask_mod: ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (True = may attend), AND-ed with every
@@ -196,10 +217,22 @@ def dot_product_attention(
   chosen = _resolve(implementation, args, has_sinks=sinks is not None,
                     return_residual=return_residual)
   scale = _default_scale(score, args.query.shape[-1], scale)
-  if chosen == "chunked":
-    q, k = args.query, args.key
-    if score == "cosine":  # the dot product of unit vectors; normalised in float32
-      q, k = scores.l2_normalize(q), scores.l2_normalize(k)
+  q, k = args.query, args.key
+  if chosen in ("chunked", "pallas") and score == "cosine":
+    # The dot product of unit vectors; normalised in float32.
+    q, k = scores.l2_normalize(q), scores.l2_normalize(k)
+  if chosen == "pallas":
+    out = pallas_attention.pallas_attention(
+        q, k, args.value, bias=args.bias, mask=args.mask, scale=float(scale),
+        is_causal=args.is_causal, query_seq_lengths=args.query_seq_lengths,
+        key_value_seq_lengths=args.key_value_seq_lengths,
+        local_window_size=args.local_window_size, score_mod=score_mod, mask_mod=mask_mod,
+        block_mask=block_mask, sinks=sinks, return_residual=return_residual)
+  elif chosen == "splash":
+    out = splash.splash_attention(q, k, args.value, scale=float(scale), is_causal=args.is_causal,
+                                  local_window_size=args.local_window_size,
+                                  mask_mod=_all_mods(args))
+  elif chosen == "chunked":
     out = chunked.attend(
         q, k, args.value, bias=args.bias, mask=args.mask, scale=float(scale),
         is_causal=args.is_causal, query_seq_lengths=args.query_seq_lengths,

@@ -12,6 +12,9 @@ On a machine with an NVIDIA GPU (sized to finish in under 5 minutes on one H100 
    B1 L16384 N16 H128 for attn_jax's default, "cudnn", "xla", "chunked" and jax.nn's cuDNN; float32
    B1 L16384 N16 H64 time and peak device memory (`benchmarks.attention`'s measurement).
 3. Programmable attention rows (`benchmarks.mods`, forward + backward at the GPU sizes).
+4. The Pallas kernel's rows (`benchmarks.pallas`): dense causal bf16 TFLOP/s against cuDNN and
+   XLA, packed documents and ALiBi against XLA with the dense mask / bias, peak device memory;
+   and its tests compiled for the device (`tests/core/test_pallas*.py`, `tests/gpu`).
 
 Everything lands in one JSON file. ``--allow-cpu`` runs the same steps at toy sizes on a machine
 without a GPU: a check of the script itself, not of the GPU.
@@ -26,9 +29,10 @@ import types
 
 import jax
 
-from benchmarks import attention, mods
+from benchmarks import attention, mods, pallas
 
-GPU_TESTS = ["tests/gpu", "tests/test_unseen_positions.py", "tests/core/test_cudnn_rules.py"]
+GPU_TESTS = ["tests/gpu", "tests/test_unseen_positions.py", "tests/core/test_cudnn_rules.py",
+             "tests/core/test_pallas.py", "tests/core/test_pallas_lowering.py"]
 
 
 def run_tests(paths) -> dict:
@@ -72,6 +76,7 @@ def main(argv=None) -> None:
   report["attention"] = [row for shape in shapes
                          for row in attention.run_shape(shape, chosen, ["fwd_bwd"], bench)]
   report["mods"] = mods.run(mods.GPU_CASES if on_gpu else mods.QUICK_CASES, bench)
+  report["pallas"] = pallas.run(on_gpu, bench)
   report["total_s"] = round(time.perf_counter() - started, 1)
   attention.write_json(args.out, report)
   print(f"total {report['total_s']} s")

@@ -38,7 +38,8 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
-exclude_patterns = ["_build", "results", "**.ipynb_checkpoints", "jupyter_execute"]
+# guides/_*.md: sections included by a guide, not pages of their own.
+exclude_patterns = ["_build", "results", "**.ipynb_checkpoints", "jupyter_execute", "guides/_*.md"]
 templates_path = ["_templates"]
 
 # A missing or broken reference is an error under -W. Names outside the project (jax, flax,

@@ -27,8 +27,8 @@ from experiments.plan import PlannedRun
 ZOO_MODELS = {"transformer": "attention", "sliding_window": "sliding_window",
               "linear_attention": "linear_attention", "based": "based",
               "gated_linear": "gated_linear", "lstm": "lstm"}
-TOP_LEVEL = {"recall_zoo", "models", "seeds", "workers", "model", "sizes", "learning_rates",
-             "train", "mqar", "selective_copy", "lr_search"}
+TOP_LEVEL = {"recall_zoo", "finished_only", "models", "seeds", "workers", "model", "sizes",
+             "learning_rates", "train", "mqar", "selective_copy", "lr_search"}
 GROUPS = ("mqar", "selective_copy")
 
 
@@ -134,11 +134,16 @@ def run_zoo(config, workdir: str) -> dict:
   from experiments import sweep  # noqa: PLC0415 (sweep imports this module)
 
   runs = plan(config)
+  if config.get("finished_only", False):
+    # Report an interrupted zoo: only the runs whose records are on disk under their key.
+    runs = [r for r in runs if sweep._kept(  # noqa: SLF001 (the sweep's own reuse test)
+        os.path.join(workdir, "runs", r.name + ".json"), r.key) is not None]
   load_before = [round(x, 2) for x in os.getloadavg()]
   records, summary = sweep.train_all(runs, workdir, int(config.get("workers", 1)))
   summary["load_average_before"] = load_before
   records = annotate(runs, records)
-  results = {"runs": records, **summary, "learning_rates": _dict(config.learning_rates),
+  results = {"runs": records, **summary, "finished_only": bool(config.get("finished_only")),
+             "learning_rates": _dict(config.learning_rates),
              "lr_grid": list(config.lr_search.learning_rates),
              "seeds": list(config.seeds)}
   with open(os.path.join(workdir, "results.json"), "w") as f:

@@ -111,6 +111,7 @@ def state_size_plot(records, path: str) -> None:
     if value_set is not None:
       ax.axhline(value_set, color="gray", linestyle=":", linewidth=0.8, label="value set")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # decades only: no crowded labels
     ax.set_ylim(-0.02, 1.04)
     ax.set_title(task, fontsize=9)
     ax.set_xlabel("recurrent state (floats per sequence)")

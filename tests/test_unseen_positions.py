@@ -18,7 +18,7 @@ import pytest
 import attn_jax
 
 B, T, S, N, K, H = 2, 6, 6, 4, 2, 8
-IMPLEMENTATIONS = (None, "reference", "xla", "chunked")
+IMPLEMENTATIONS = (None, "reference", "xla", "chunked", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)

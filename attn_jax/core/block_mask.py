@@ -60,7 +60,16 @@ _STATIC = ("batch", "num_heads", "q_len", "kv_len", "block_q", "block_k", "progr
 @jax.tree_util.register_pytree_node_class
 class BlockMask:
   """The block plan of a mask (see the module doc for the fields). Make one with
-  `create_block_mask`; the constructor takes the fields as they are."""
+  `create_block_mask`; the constructor takes the fields as they are.
+
+  Example:
+    >>> from attn_jax.core import mods
+    >>> bm = create_block_mask(mods.causal(), None, None, 8, 8, block_q=4, block_k=4)
+    >>> bm.kind[0, 0].tolist()  # 0 EMPTY, 1 PARTIAL, 2 FULL
+    [[1, 0], [2, 1]]
+    >>> bm.kv_count[0, 0].tolist(), bm.sparsity()
+    ([1, 2], 0.25)
+  """
 
   def __init__(self, kind, kv_count, kv_indices, q_count, q_indices, rows_seen, keys_seen,
                mask_consts, dense, *, batch, num_heads, q_len, kv_len, block_q, block_k, program,

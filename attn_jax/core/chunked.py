@@ -48,7 +48,7 @@ def chunked_attention(
     score_params: Any = None, params_per_head: bool = False, score_mod: Callable | None = None,
     mask_mod: Callable | None = None, block_mask: BlockMask | None = None,
     block_q: int | None = None, block_k: int | None = None, sinks: Array | None = None,
-    return_residual: bool = False,
+    return_residual: bool = False, dropout_rate: float = 0.0, dropout_rng: Array | None = None,
 ) -> Array | tuple[Array, Array]:
   """Attention with O(q_len * block) memory, the same numbers as `jax.nn.dot_product_attention`.
 
@@ -72,6 +72,10 @@ def chunked_attention(
   sinks: float [num_heads], one sink logit per query head (a key with no value; gradients flow
   into it). return_residual: also return the residual [batch, q_len, num_heads], float32
   logsumexp of each row's allowed logits (and sink), -inf for a row that sees nothing.
+  dropout_rate, dropout_rng: dropout on the attention weights (each kept weight scaled by
+  1 / (1 - rate)) inside the kernel, with a PRNG key: the keep mask of each block is drawn from
+  the key folded with (batch index, query head, query block, key block), the same bits in the
+  forward and the backward pass (`dropout_keep_mask` assembles it densely, for checks).
   Returns [batch, q_len, num_heads, value_dim] in the query's dtype; query rows that may attend to
   no key are exactly zero, and key/value positions no query may see never enter the arithmetic.
   """
@@ -84,6 +88,9 @@ def chunked_attention(
                             or not jnp.issubdtype(jnp.result_type(sinks), jnp.floating)):
     raise ValueError(f"sinks must be float [num_heads] = ({query.shape[2]},); got "
                      f"{jnp.result_type(sinks)} {jnp.shape(sinks)}")
+  if not 0.0 <= dropout_rate < 1.0 or (dropout_rate > 0 and dropout_rng is None):
+    raise ValueError(f"dropout_rate must be in [0, 1), with a dropout_rng when > 0; got "
+                     f"{dropout_rate} and {dropout_rng}")
   as_int32 = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
   return attend(query, key, value, bias=bias, mask=mask,
                 scale=None if scale is None else float(scale), is_causal=bool(is_causal),
@@ -91,7 +98,9 @@ def chunked_attention(
                 key_value_seq_lengths=as_int32(key_value_seq_lengths), local_window_size=window,
                 score_fn=score_fn, score_params=score_params, params_per_head=params_per_head,
                 score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask, block_q=block_q,
-                block_k=block_k, sinks=sinks, return_residual=bool(return_residual))
+                block_k=block_k, sinks=sinks, return_residual=bool(return_residual),
+                dropout_rate=float(dropout_rate),
+                dropout_rng=dropout_rng if dropout_rate > 0 else None)
 
 
 def attend(query, key, value, *, score_mod, mask_mod, **kwargs) -> Array:
@@ -111,11 +120,12 @@ def attend(query, key, value, *, score_mod, mask_mod, **kwargs) -> Array:
 # instead of re-tracing the loops (and recompiling) at every call. Takes validated arguments.
 @functools.partial(jax.jit, static_argnames=(
     "scale", "is_causal", "local_window_size", "score_fn", "params_per_head", "score_mod",
-    "mask_mod", "block_q", "block_k", "return_residual"))
+    "mask_mod", "block_q", "block_k", "return_residual", "dropout_rate"))
 def _attend(query, key, value, *, bias, mask, scale, is_causal, query_seq_lengths,
             key_value_seq_lengths, local_window_size, score_fn, score_params, params_per_head,
             score_mod, mask_mod, score_mod_arrays, mask_mod_arrays, block_q, block_k,
-            block_mask=None, sinks=None, return_residual=False) -> Array | tuple[Array, Array]:
+            block_mask=None, sinks=None, return_residual=False, dropout_rate=0.0,
+            dropout_rng=None) -> Array | tuple[Array, Array]:
   score_mod = mod_key.rebind(score_mod, score_mod_arrays)
   mask_mod = mod_key.rebind(mask_mod, mask_mod_arrays)
   batch, q_len, num_heads, head_dim = query.shape
@@ -151,7 +161,11 @@ def _attend(query, key, value, *, bias, mask, scale, is_causal, query_seq_length
   if sinks is not None:  # [N] -> [K, G]
     sinks = jnp.reshape(jnp.asarray(sinks, jnp.promote_types(query.dtype, jnp.float32)),
                         (kv_heads, groups))
-  run = functools.partial(_run, cfg, score_mod, score_params, sinks)
+  seed = None
+  if dropout_rate > 0:
+    cfg = cfg._replace(dropout_rate=dropout_rate, dropout_impl=jax.random.key_impl(dropout_rng))
+    seed = jax.random.key_data(dropout_rng)
+  run = functools.partial(_run, cfg, score_mod, score_params, sinks, seed)
   if not per_batch:
     out = run(query, key, value, bias, terms, jax.tree.map(lambda x: x[0], walk))
   else:
@@ -182,7 +196,13 @@ def call_block_mask(batch: int, q_len: int, kv_len: int, num_heads: int, *,
   """The block mask `chunked_attention` builds for a call with these masks (mask: bool
   broadcastable to [B, N, T, S]; the rest as there; ``base``: a block mask AND-ed in, whose
   blocks are kept). The blocks, when not given: ``base``'s, else those `choose_blocks` picks for
-  the terms known at trace time (windows, a static ``mask_mod``), else DEFAULT_BLOCK."""
+  the terms known at trace time (windows, a static ``mask_mod``), else DEFAULT_BLOCK.
+
+  Example:
+    >>> bm = call_block_mask(1, 16384, 16384, 4, local_window_size=(256, 0))
+    >>> bm.block_q, bm.max_kv_blocks  # small blocks for a narrow band, 5 per query block
+    (64, 5)
+  """
   as_int32 = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
   static = mods.and_masks(mods.causal() if is_causal else None,
                           mods.sliding_window(*local_window_size) if local_window_size else None)
@@ -219,6 +239,29 @@ def call_block_mask(batch: int, q_len: int, kv_len: int, num_heads: int, *,
                num_heads=num_heads if depends_h else None, bound=bound, **blocks)
 
 
+def dropout_keep_mask(dropout_rng: Array, dropout_rate: float, batch: int, num_heads: int,
+                      q_len: int, kv_len: int, block_q: int, block_k: int) -> Array:
+  """The keep mask ``chunked_attention(dropout_rate=, dropout_rng=)`` draws, assembled densely:
+  bool [B, N, T, S], for blocks of block_q x block_k (those of the call's block mask).
+
+  Example:
+    >>> import jax
+    >>> keep = dropout_keep_mask(jax.random.key(0), 0.5, 1, 2, 64, 64, 32, 32)
+    >>> keep.shape, 0.4 < float(keep.mean()) < 0.6
+    ((1, 2, 64, 64), True)
+  """
+  layout = Layout(q_len, kv_len, min(block_q, q_len), min(block_k, kv_len), num_heads, 1)
+  cfg = chunked_kernel.Config(layout, 1.0, None, False, None, None, False, False, 1, 1,
+                              dropout_rate, jax.random.key_impl(dropout_rng))
+  seed, rows = jax.random.key_data(dropout_rng), jnp.arange(batch, dtype=jnp.int32)
+  block = lambda i, j: chunked_kernel.dropout_keep(cfg, seed, rows, i, j)[:, :, 0]
+  nq, nk = layout.num_q_blocks, layout.num_k_blocks
+  # [nQ, nK, B, N, bq, bk] -> [B, N, nQ, bq, nK, bk]
+  keep = jax.vmap(lambda i: jax.vmap(lambda j: block(i, j))(jnp.arange(nk)))(jnp.arange(nq))
+  keep = keep.transpose(2, 3, 0, 4, 1, 5).reshape(batch, num_heads, nq * layout.block_q, -1)
+  return keep[:, :, :q_len, :kv_len]
+
+
 def _closes_over_tracers(mask_mod) -> bool:
   _, consts = ModProgram.trace(mask_mod)
   return any(isinstance(c, jax.core.Tracer) for c in consts)
@@ -250,7 +293,7 @@ def _walk(block_mask: BlockMask) -> tuple[Walk, bool]:
   return Walk(as_int32(kind), *(as_int32(x) for x in lists)), per_batch
 
 
-def _run(cfg, score_mod, score_params, sinks, query, key, value, bias, terms, walk):
+def _run(cfg, score_mod, score_params, sinks, seed, query, key, value, bias, terms, walk):
   """Blocks, converts the score mod at the block shapes, runs the kernel, unblocks.
 
   -> out [B, T_pad, N, Hv], residual [B, T_pad, N] (float32 log-sum-exp; -inf: nothing seen).
@@ -275,7 +318,7 @@ def _run(cfg, score_mod, score_params, sinks, query, key, value, bias, terms, wa
   v_blocks = to_blocks(value).transpose(1, 0, 3, 2, 4)
   out, residual = chunked_kernel.attend_blocks(cfg, q_blocks, k_blocks, v_blocks, bias, sinks,
                                                score_params, score_float, score_other, terms,
-                                               walk)
+                                               walk, seed)
   # [nQ, B, K, G, bq, Hv] -> [B, nQ, bq, K, G, Hv] -> [B, T_pad, N, Hv]
   # [nQ, B, K, G, bq] -> [B, nQ, bq, K, G] -> [B, T_pad, N]
   residual = residual.transpose(1, 0, 4, 2, 3).reshape(batch, nq * bq, num_heads)

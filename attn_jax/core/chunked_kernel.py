@@ -90,6 +90,36 @@ class Config(NamedTuple):
   mask_heads: bool  # whether the mask depends on h (else at h = 0)
   fwd_steps: int  # static trip counts: at least every kv_count / q_count of the walk
   bwd_steps: int
+  dropout_rate: float = 0.0  # dropout on the attention weights, keep mask from `dropout_keep`
+  dropout_impl: Any = None  # the PRNG implementation of the dropout key (jax.random.key_impl)
+
+
+def dropout_keep(cfg: Config, seed: Array, batch_index: Array, i, j) -> Array:
+  """The dropout keep mask of block (i, j): bool [B, K, G, bq, bk], True with probability
+  1 - rate, drawn from the key ``seed`` (key data) folded with (batch index, query head, i, j):
+  the same bits in the forward and the backward pass, whichever rows are walked together."""
+  lay = cfg.layout
+  base = jax.random.wrap_key_data(seed, impl=cfg.dropout_impl)
+  heads = jnp.arange(lay.kv_heads * lay.groups, dtype=jnp.int32)
+
+  def one(b, n):
+    key = base
+    for x in (b, n, i, j):
+      key = jax.random.fold_in(key, x)
+    return jax.random.bernoulli(key, 1.0 - cfg.dropout_rate, (lay.block_q, lay.block_k))
+
+  keep = jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None))(batch_index, heads)
+  return keep.reshape(batch_index.shape[0], lay.kv_heads, lay.groups, lay.block_q, lay.block_k)
+
+
+def _dropped(cfg: Config, seed, batch_index, i, j, x: Array) -> Array:
+  """x [B, K, G, bq, bk] with the dropped entries zeroed and the kept ones scaled by
+  1 / (1 - rate) (identity without dropout)."""
+  if not cfg.dropout_rate:
+    return x
+  keep = dropout_keep(cfg, seed, batch_index, i, j)
+  return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - cfg.dropout_rate), x.dtype),
+                   jnp.zeros((), x.dtype))
 
 
 def convert(fn: Callable, *example_args) -> tuple[Callable, list]:
@@ -266,9 +296,10 @@ def _allowed(cfg: Config, terms: Terms, i, j):
 
 
 def _forward(cfg, q_blocks, k_blocks, v_blocks, bias, sinks, params, score_float, score_other,
-             terms, walk):
+             terms, walk, seed):
   """-> out [nQ, B, K, G, bq, Hv] (query dtype), lse [nQ, B, K, G, bq] (statistics dtype; 0 for a
-  row that sees nothing) and whether each row saw something (a key or a sink)."""
+  row that sees nothing) and whether each row saw something (a key or a sink). ``seed``: the
+  dropout key's data, or None."""
   dtype = _stat_dtype(q_blocks)
   _, batch, kv_heads, groups, bq, _ = q_blocks.shape
   row_shape = (batch, kv_heads, groups, bq)
@@ -284,8 +315,10 @@ def _forward(cfg, q_blocks, k_blocks, v_blocks, bias, sinks, params, score_float
     m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)
     p = jnp.exp(logits - m_safe[..., None])  # [B, K, G, bq, bk]; masked entries exactly 0
     rescale = jnp.exp(m - m_safe)
+    # Dropout acts on the normalised weights: the denominator sums the undropped p.
+    p_dropped = _dropped(cfg, seed, terms.batch_index, i, j, p)
     # [B, K, G*bq, bk] x [B, K, bk, Hv] -> [B, K, G*bq, Hv]
-    pv = _einsum("bkqs,bksh->bkqh", _rows(p.astype(v_blocks.dtype)), v_blocks[j], dtype)
+    pv = _einsum("bkqs,bksh->bkqh", _rows(p_dropped.astype(v_blocks.dtype)), v_blocks[j], dtype)
     pv = pv.reshape(acc.shape)
     return m_new, denom * rescale + jnp.sum(p, axis=-1), acc * rescale[..., None] + pv
 
@@ -327,8 +360,8 @@ def _backward(cfg, residuals, d_out):
   dQ [nQ, B, K, G, bq, H] (O(q_len * head_dim)), dBias, dParams and the score mod's closed-over
   float arrays accumulate across the outer loop.
   """
-  (q_blocks, k_blocks, v_blocks, bias, sinks, params, score_float, score_other, terms, walk, out,
-   lse, seen) = residuals
+  (q_blocks, k_blocks, v_blocks, bias, sinks, params, score_float, score_other, terms, walk, seed,
+   out, lse, seen) = residuals
   d_out, d_residual = d_out
   # A row that sees nothing has the constant residual -inf: its cotangent (NaN, say, from a
   # logaddexp of two -inf) is dropped, with `where`.
@@ -352,11 +385,14 @@ def _backward(cfg, residuals, d_out):
     logits, logits_vjp = _logits(cfg, i, j, q_blk, k_blk, _slice_block(cfg, bias, i, j), params,
                                  mod_args, allowed, with_vjp=True)
     p = jnp.exp(logits - lse[i][..., None])  # [B, K, G, bq, bk]; masked entries exactly 0
+    # With dropout (mask M scaled by 1 / (1 - rate)): O = (P * M) V, so dV = (P * M)^T dO,
+    # dP = M * (dO V^T), and rowsum(P * dP) = rowsum(dO * O) = delta still.
+    drop = functools.partial(_dropped, cfg, seed, terms.batch_index, i, j)
     # dV^T = dO^T P: [B, K, G*bq, Hv] x [B, K, G*bq, bk] -> [B, K, Hv, bk] (summed over G too)
-    dv_t = _t_matmul(_rows(do_blk), _rows(p.astype(do_blk.dtype)), dtype)
+    dv_t = _t_matmul(_rows(do_blk), _rows(drop(p).astype(do_blk.dtype)), dtype)
     # [B, K, G*bq, Hv] x [B, K, bk, Hv] -> [B, K, G*bq, bk]
     dp = _einsum("bkqh,bksh->bkqs", _rows(do_blk), v_blk, dtype)
-    d_logits = p * (dp.reshape(p.shape) - delta[i][..., None])
+    d_logits = p * (drop(dp.reshape(p.shape)) - delta[i][..., None])
     dq, dk_t, dparams, d_bias, d_consts = logits_vjp(d_logits)
     return dq, dk_t, dv_t, (None if bias is None else d_bias), dparams, d_consts
 
@@ -391,21 +427,21 @@ def _backward(cfg, residuals, d_out):
   cast = lambda d, x: None if d is None else d.astype(x.dtype)
   return (cast(dq, q_blocks), cast(dk, k_blocks), cast(dv, v_blocks), cast(dbias, bias),
           d_sinks, jax.tree.map(cast, dparams, params), jax.tree.map(cast, dconsts, score_float),
-          None, None, None)
+          None, None, None, None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def attend_blocks(cfg: Config, q_blocks, k_blocks, v_blocks, bias, sinks, params, score_float,
-                  score_other, terms: Terms, walk: Walk):
+                  score_other, terms: Terms, walk: Walk, seed=None):
   """Blocked attention: q_blocks [nQ, B, K, G, bq, H], k/v_blocks [nK, B, K, bk, H|Hv] ->
   (out [nQ, B, K, G, bq, Hv], residual [nQ, B, K, G, bq]: the float32 log-sum-exp of each row,
   -inf for a row that sees nothing). ``bias`` [B|1, K|1, G|1, T_pad|1, S_pad|1]; ``sinks``
   [K, G] float (one sink logit per query head) or None; ``params`` the score function's;
   ``score_float`` / ``score_other`` the score mod's closed-over float / other arrays
   (differentiated / not); ``terms`` the mask's array terms; ``walk`` for one batch row (or
-  all)."""
+  all); ``seed``: the dropout key's data (uint32) when ``cfg.dropout_rate`` > 0."""
   out, lse, seen = _forward(cfg, q_blocks, k_blocks, v_blocks, bias, sinks, params, score_float,
-                            score_other, terms, walk)
+                            score_other, terms, walk, seed)
   return out, _residual(lse, seen)
 
 

@@ -12,6 +12,25 @@ Array = jax.Array
 
 _DTYPES = (jnp.bfloat16, jnp.float16)
 
+#: The first jax release whose cuDNN path keeps a sliding window without ``is_causal`` from
+#: attending to future tokens (jax PR #39576, 2026: before it, cuDNN's non-causal sliding window
+#: let query i see keys past i, forward and backward). No released version is known to carry the
+#: fix, so None: the default never sends such a call to cuDNN. Set it to the release's
+#: (major, minor, patch) once one does, after the GPU tests pass on it.
+NONCAUSAL_WINDOW_FIXED_IN_JAX: tuple[int, int, int] | None = None
+
+
+def jax_version() -> tuple[int, int, int]:
+  """The installed jax's (major, minor, patch)."""
+  parts = (jax.__version__.split("+")[0].split(".") + ["0", "0"])[:3]
+  return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts)
+
+
+def noncausal_window_is_fixed() -> bool:
+  """Whether the installed jax carries the fix for cuDNN's non-causal sliding window."""
+  fixed = NONCAUSAL_WINDOW_FIXED_IN_JAX
+  return fixed is not None and jax_version() >= fixed
+
 
 def device_capability() -> tuple[int, ...] | None:
   """The compute capability of the first NVIDIA GPU, e.g. (9, 0); None without one."""
@@ -62,7 +81,12 @@ def unsupported_reason(
 
   Mirrors the checks `jax.nn.dot_product_attention(implementation="cudnn")` makes (jax 0.10:
   `jax/_src/nn/functions.py` and `jax/_src/cudnn/fused_attention_stablehlo.py`), for a call
-  that may be differentiated (the backward pass adds the even-length rule for biases).
+  that may be differentiated (the backward pass adds the even-length rule for biases), and
+  refuses what that path accepts but computes wrong: a sliding window without ``is_causal``
+  (see NONCAUSAL_WINDOW_FIXED_IN_JAX). Also refused: attention sinks and dropout (jax.nn's cuDNN
+  call has neither) and ``return_residual`` (jax returns cuDNN's log-sum-exp rounded to the
+  input's bfloat16 / float16 and without gradient; attn_jax's residual is float32 and
+  differentiable).
   """
   if score != "dot":
     return f"cuDNN computes only the scaled dot product; got score={score!r}"
@@ -76,6 +100,10 @@ def unsupported_reason(
     return "attn_jax's cuDNN path returns no residual (use 'chunked', 'xla' or 'reference')"
   if has_dropout:
     return "attn_jax's cuDNN path takes no dropout (use 'chunked', 'xla' or 'reference')"
+  if local_window_size is not None and not is_causal and not noncausal_window_is_fixed():
+    return (f"cuDNN's sliding window without is_causal attends to future tokens in this jax "
+            f"({jax.__version__}; fixed by jax PR #39576, in no known release); got "
+            f"local_window_size={local_window_size}, is_causal=False")
   capability = device_capability()
   if capability is None:
     return f"cuDNN needs an NVIDIA GPU; the default backend is {jax.default_backend()!r}"

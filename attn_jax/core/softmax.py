@@ -52,23 +52,33 @@ def softmax_with_residual(logits: Array, mask: Array | None = None, axis: int = 
   dtype = logits.dtype
   x = logits.astype(jnp.promote_types(dtype, jnp.float32))
   lowest = jnp.finfo(x.dtype).min  # finite: jax_debug_infs sees no -inf
-  # Allowed: the mask's positions whose logit is not -inf (a score_mod or bias may set -inf);
-  # `~(x < lowest)` rather than isneginf, which forms an -inf constant; a NaN stays allowed.
-  allowed = ~(x < lowest)
-  if mask is not None:
-    allowed = allowed & jnp.broadcast_to(mask, x.shape)
-  x_max = jnp.max(jnp.where(allowed, x, lowest), axis=axis, keepdims=True)
-  seen = jnp.any(allowed, axis=axis, keepdims=True)
+  if mask is None:
+    # No mask: exp(-inf - max) = 0 already; only a row whose logits are all -inf needs a shift.
+    allowed = None
+    x_max = jnp.max(x, axis=axis, keepdims=True)
+    seen = x_max > lowest  # false for a row of -inf (compared, no -inf constant formed)
+  else:
+    # Masked logits become the lowest finite value, not -inf: whatever they held (NaN, 1e30)
+    # never enters the exponential, and exp(lowest - max) is exactly 0.
+    allowed = jnp.broadcast_to(mask, x.shape)
+    x = jnp.where(allowed, x, lowest)
+    x_max = jnp.max(x, axis=axis, keepdims=True)
+    # A row that sees nothing, or whose allowed logits are all -inf (a score_mod may set them).
+    seen = x_max > lowest
   if sink is not None:
     sink = jnp.asarray(sink, x.dtype)
     x_max = jnp.where(seen, jnp.maximum(x_max, sink), sink)
     seen = jnp.ones_like(seen)
   # A row that sees nothing shifts by 0; the shift carries no gradient (softmax is invariant).
   x_max = jax.lax.stop_gradient(jnp.where(seen, x_max, 0.0))
-  # First where: garbage never enters exp (masked entries become 0 after the shift). Second:
-  # exact zeros at masked entries.
-  shifted = jnp.where(allowed, x, x_max) - x_max
-  unnormalized = jnp.where(allowed, jnp.exp(shifted), 0.0)
+  if allowed is None and sink is None:
+    # The plain case: jax.nn.softmax (its cheaper custom derivative), zeros for a row of -inf.
+    weights = jax.nn.softmax(jnp.where(seen, x, 0.0), axis=axis) * seen
+    residual = x_max + jnp.log(jnp.sum(jnp.exp(x - x_max), axis=axis, keepdims=True))
+    return weights.astype(dtype), jnp.squeeze(residual, axis)  # log(0) = -inf: a row of -inf
+  unnormalized = jnp.exp(x - x_max)
+  if allowed is not None:  # exact zeros at masked entries (exp(lowest - max) is 0 already)
+    unnormalized = jnp.where(allowed, unnormalized, 0.0)
   denom = jnp.sum(unnormalized, axis=axis, keepdims=True)
   if sink is not None:
     denom = denom + jnp.exp(sink - x_max)

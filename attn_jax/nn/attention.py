@@ -186,7 +186,11 @@ class MultiHeadAttention(nnx.Module):
           f"expected inputs_q [B, T, D] and inputs_kv [B, S, D]; got {inputs_q.shape} and "
           f"{None if inputs_kv is None else inputs_kv.shape}")
     weight_dropout = self.attn_dropout.rate > 0 and not self.attn_dropout.deterministic
-    with_weights = return_weights or weight_dropout
+    # Dropout runs inside the chunked kernel (its keep mask drawn per block), unless the weights
+    # are asked for or another implementation is: then on the returned weights.
+    kernel_dropout = (weight_dropout and not return_weights
+                      and self.implementation in (None, "chunked"))
+    with_weights = return_weights or (weight_dropout and not kernel_dropout)
     # The dot path takes its 1/sqrt(H) in the query projection (and scale 1 after); RoPE is a
     # rotation and biases and score mods act on the scaled logits, so none of them notices.
     query_scale = self.head_dim**-0.5 if self.score == "dot" and not with_weights else None
@@ -215,6 +219,11 @@ class MultiHeadAttention(nnx.Module):
     if with_weights:
       out_BTNH, weights = self._attend_with_weights(query, key, value, bias, mask, masked_causal,
                                                     score, scale, score_mod, block_mask)
+    elif kernel_dropout:
+      out_BTNH = self._attend_chunked(query, key, value, bias, mask, masked_causal, score, scale,
+                                      score_mod, block_mask, self.attn_dropout.rate,
+                                      self.attn_dropout.rngs())
+      weights = None
     elif score == "additive":
       out_BTNH, weights = self._attend_additive(query, key, value, bias, mask, masked_causal,
                                                 score_mod, block_mask), None
@@ -252,13 +261,28 @@ class MultiHeadAttention(nnx.Module):
       implementation = select_implementation(query, key, value, as_4d(bias), as_4d(mask),
                                              is_causal=is_causal)
     if implementation == "chunked":
-      return chunked.chunked_attention(
-          query, key, value, bias=as_4d(bias), mask=as_4d(mask), is_causal=is_causal,
-          score_fn=scores.additive, score_params=self.score_params.get_value(),
-          params_per_head=True, score_mod=score_mod, block_mask=block_mask,
-          sinks=self._sinks())
+      return self._attend_chunked(query, key, value, bias, mask, is_causal, "additive", None,
+                                  score_mod, block_mask)
     return self._attend_with_weights(query, key, value, bias, mask, is_causal, "additive", None,
                                      score_mod, block_mask)[0]
+
+  def _attend_chunked(self, query, key, value, bias, mask, is_causal, score, scale, score_mod,
+                      block_mask, dropout_rate=0.0, dropout_rng=None):
+    """Any score on the chunked kernel, with dropout inside it when ``dropout_rate`` > 0."""
+    as_4d = lambda x: None if x is None else jnp.reshape(x, (1,) * (4 - x.ndim) + x.shape)
+    score_fn = params = None
+    dtype = query.dtype
+    if score == "additive":
+      score_fn, params = scores.additive, self.score_params.get_value()
+    elif score == "cosine":  # the dot product of unit vectors, as attn_jax.dot_product_attention
+      query, key = scores.l2_normalize(query), scores.l2_normalize(key)
+      scale = self.head_dim**0.5 if scale is None else scale
+    out = chunked.chunked_attention(
+        query, key, value, bias=as_4d(bias), mask=as_4d(mask), is_causal=is_causal,
+        scale=scale, score_fn=score_fn, score_params=params, params_per_head=params is not None,
+        score_mod=score_mod, block_mask=block_mask, dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng, sinks=self._sinks())
+    return out.astype(dtype)
 
   def _attend_with_weights(self, query, key, value, bias, mask, is_causal, score, scale,
                            score_mod, block_mask):

@@ -35,18 +35,19 @@ def _kernel(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int) -> nnx.Param:
 
 
 class SoftmaxAttentionMixer(nnx.Module):
-  """Causal softmax attention with RoPE, over every past key or the last ``window`` keys.
+  """Causal softmax attention over every past key or the last ``window`` keys; ``positional``
+  "rope" or "none" (causal attention can tell positions apart without one).
 
   State: the key-value cache, ``2 * min(window, L) * num_heads * head_dim`` floats.
   """
 
   def __init__(self, *, d_model: int, num_heads: int, window: int | None = None,
-               rngs: nnx.Rngs):
+               positional: str = "rope", rngs: nnx.Rngs):
     if window is not None and window < 1:
       raise ValueError(f"window must be >= 1 or None, got {window!r}")
     self.window, self.d_model = window, d_model
     self.attention = MultiHeadAttention(num_heads=num_heads, in_features=d_model,
-                                        positional="rope", rngs=rngs)
+                                        positional=positional, rngs=rngs)
 
   def __call__(self, x: Array) -> Array:
     seq_len = x.shape[1]
@@ -151,7 +152,8 @@ class LstmMixer(nnx.Module):
 
 
 def make_mixer(mixer: str, *, d_model: int, num_heads: int = 2, key_dim: int = 16,
-               window: int = 16, chunk_size: int = 64, rngs: nnx.Rngs) -> nnx.Module:
+               window: int = 16, chunk_size: int = 64, positional: str = "rope",
+               rngs: nnx.Rngs) -> nnx.Module:
   """The mixer named ``mixer`` (one of `MIXERS`), [B, L, d_model] -> [B, L, d_model].
 
   Example:
@@ -161,7 +163,8 @@ def make_mixer(mixer: str, *, d_model: int, num_heads: int = 2, key_dim: int = 1
   """
   if mixer in ("attention", "sliding_window"):
     return SoftmaxAttentionMixer(d_model=d_model, num_heads=num_heads,
-                                 window=window if mixer == "sliding_window" else None, rngs=rngs)
+                                 window=window if mixer == "sliding_window" else None,
+                                 positional=positional, rngs=rngs)
   if mixer in ("linear_attention", "based"):
     return LinearAttentionMixer(d_model=d_model, num_heads=num_heads, key_dim=key_dim,
                                 feature_map="elu" if mixer == "linear_attention" else "taylor",
@@ -228,7 +231,8 @@ class MixerModel(nnx.Module):
 
   def __init__(self, *, vocab_size: int, max_len: int, d_model: int, num_layers: int,
                d_ff: int, mixer: str, num_heads: int = 2, key_dim: int = 16, window: int = 16,
-               chunk_size: int = 64, short_conv: int = 4, rngs: nnx.Rngs):
+               chunk_size: int = 64, short_conv: int = 4, positional: str = "rope",
+               rngs: nnx.Rngs):
     if min(vocab_size, max_len, d_model, num_layers, d_ff) <= 0 or short_conv < 0:
       raise ValueError("vocab_size, max_len, d_model, num_layers and d_ff must be positive and "
                        f"short_conv >= 0; got {vocab_size}, {max_len}, {d_model}, {num_layers}, "
@@ -238,7 +242,7 @@ class MixerModel(nnx.Module):
     self.blocks = nnx.List([
         MixerBlock(mixer=make_mixer(mixer, d_model=d_model, num_heads=num_heads,
                                     key_dim=key_dim, window=window, chunk_size=chunk_size,
-                                    rngs=rngs),
+                                    positional=positional, rngs=rngs),
                    d_model=d_model, d_ff=d_ff, short_conv=short_conv, rngs=rngs)
         for _ in range(num_layers)])
     self.final_norm = nnx.LayerNorm(d_model, rngs=rngs)

@@ -88,8 +88,13 @@ class MixerSpec:
   window: int = 16
   chunk_size: int = 64
   short_conv: int = 4
+  # The attention mixers' positions: "rope" or "none".
+  positional: str = "rope"
 
   def __post_init__(self):
+    if self.positional not in ("rope", "none"):
+      raise ValueError(f"{self.mixer}.positional must be 'rope' or 'none', got "
+                       f"{self.positional!r}")
     if self.mixer not in nn.mixers.MIXERS:
       raise ValueError(f"mixer must be one of {nn.mixers.MIXERS}, got {self.mixer!r}")
     for name in ("d_model", "num_layers", "num_heads", "key_dim", "window", "chunk_size"):
@@ -152,5 +157,6 @@ def make_model(spec: ModelSpec, *, vocab_size: int, max_len: int, rngs: nnx.Rngs
         vocab_size=vocab_size, max_len=max_len, d_model=spec.d_model,
         num_layers=spec.num_layers, d_ff=spec.d_ff or 2 * spec.d_model, mixer=spec.mixer,
         num_heads=spec.num_heads, key_dim=spec.key_dim, window=spec.window,
-        chunk_size=spec.chunk_size, short_conv=spec.short_conv, rngs=rngs)
+        chunk_size=spec.chunk_size, short_conv=spec.short_conv, positional=spec.positional,
+        rngs=rngs)
   raise ValueError(f"unknown model spec {spec!r}: expected one of {tuple(MODEL_SPECS)}")

@@ -64,6 +64,12 @@ def test_zoo_end_to_end_writes_the_record_fields(tmp_path):
     assert os.path.getsize(tmp_path / name) > 0
   # Rerun on the same directory: every run is kept.
   assert sweep.sweep(config, str(tmp_path))["runs_trained"] == 0
+  # An interrupted zoo reports its finished runs only, and trains nothing.
+  os.remove(tmp_path / "runs" / "selective_copy_lstm_10_d_model8.json")
+  config.unlock()
+  config.finished_only = True
+  partial = sweep.sweep(config, str(tmp_path))
+  assert partial["runs_trained"] == 0 and len(partial["runs"]) == len(runs) - 2
 
 
 def test_zoo_config_is_validated():
