@@ -15,6 +15,13 @@ This module holds the library of mods (each a few lines), the combinators, and t
 evaluation that defines what a mod means on the full [B, N, T, S] grid. The attention masks of
 `attn_jax.core.masks` and the ``is_causal`` / ``local_window_size`` / sequence-length arguments
 are these same functions.
+
+Example:
+  >>> from attn_jax.core import mods
+  >>> q = k = v = jax.random.normal(jax.random.key(0), (1, 8, 2, 16))  # [B, T, N, H]
+  >>> out = attn_jax.dot_product_attention(q, k, v, mask_mod=mods.causal())
+  >>> bool(jnp.allclose(out, attn_jax.dot_product_attention(q, k, v, is_causal=True), atol=1e-6))
+  True
 """
 
 import functools
@@ -193,6 +200,15 @@ def relative_position(table: Array, *, bidirectional: bool = True, max_distance:
   """T5 relative position bias (Raffel et al. 2020): ``score + table[bucket(kv - q), h]``.
 
   table: float [num_buckets, N] (learnable); buckets as `positional.relative_position_bucket`.
+
+  Example:
+    >>> table = jnp.zeros((32, 1)).at[0].set(1.0)  # [buckets, heads]: +1 at offset 0
+    >>> mod = relative_position(table)
+    >>> b, h, q_idx, kv_idx = grid_index(1, 1, 3, 3)
+    >>> mod(jnp.zeros((1, 1, 3, 3)), b, h, q_idx, kv_idx)[0, 0]
+    Array([[1., 0., 0.],
+           [0., 1., 0.],
+           [0., 0., 1.]], dtype=float32)
   """
   table = jnp.asarray(table)
 
@@ -277,6 +293,13 @@ def check_signature(score_mod: ScoreMod | None = None, mask_mod: MaskMod | None 
   ``score_mod(score, b, h, q_idx, kv_idx)`` and ``mask_mod(b, h, q_idx, kv_idx)``.
 
   Catches the older single-head spellings (``score_mod(logits)``, ``score_mod(logits, head)``).
+
+  Example:
+    >>> check_signature(mask_mod=causal())  # the one signature: fine
+    >>> check_signature(score_mod=lambda logits: logits)
+    Traceback (most recent call last):
+    ...
+    TypeError: ...
   """
   for name, fn, params in (("score_mod", score_mod, "score, b, h, q_idx, kv_idx"),
                            ("mask_mod", mask_mod, "b, h, q_idx, kv_idx")):
@@ -296,7 +319,15 @@ def check_signature(score_mod: ScoreMod | None = None, mask_mod: MaskMod | None 
 
 def check(score_mod: ScoreMod | None, mask_mod: MaskMod | None, shape: tuple[int, ...]) -> None:
   """Raises ValueError unless the mods return what they must on a grid of ``shape``
-  [B, N, T, S]: a bool (mask_mod) or float (score_mod) array broadcastable to it."""
+  [B, N, T, S]: a bool (mask_mod) or float (score_mod) array broadcastable to it.
+
+  Example:
+    >>> check(None, causal(), (1, 2, 4, 4))
+    >>> check(None, lambda b, h, q_idx, kv_idx: q_idx * 1.0, (1, 2, 4, 4))
+    Traceback (most recent call last):
+    ...
+    ValueError: ...
+  """
   check_signature(score_mod, mask_mod)
   index = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in grid_index(*shape)]
   for name, fn, args, want in (

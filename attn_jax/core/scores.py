@@ -8,6 +8,14 @@ Every score shares one calling convention so that any of them plugs into the sam
 `params` is a pytree of weights (`None` for the parameter-free scores). Static settings such as a
 scale are bound with keyword arguments (``functools.partial(dot, scale=0.5)``), so the
 pipeline only ever passes ``(query, key, params)``.
+
+Example:
+  >>> from attn_jax.core import scores
+  >>> q, k = jnp.ones((2, 4)), jnp.ones((3, 4))  # [T, d], [S, d]
+  >>> scores.dot(q, k).shape, float(scores.dot(q, k)[0, 0])  # 4 / sqrt(4)
+  ((2, 3), 2.0)
+  >>> sorted(scores.SCORES)
+  ['additive', 'bilinear', 'cosine', 'dot']
 """
 
 from collections.abc import Callable

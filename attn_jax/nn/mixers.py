@@ -195,7 +195,15 @@ class ShortConv(nnx.Module):
 
 
 class MixerBlock(nnx.Module):
-  """Pre-LayerNorm block: ``x + mixer(conv(LN(x)))``, then ``x + Mlp(LN(x))``. [B, L, D]."""
+  """Pre-LayerNorm block: ``x + mixer(conv(LN(x)))``, then ``x + Mlp(LN(x))``. [B, L, D].
+
+  Example:
+    >>> from attn_jax.nn.mixers import make_mixer
+    >>> block = MixerBlock(mixer=make_mixer("attention", d_model=16, rngs=nnx.Rngs(0)),
+    ...                    d_model=16, d_ff=32, short_conv=4, rngs=nnx.Rngs(0))
+    >>> block(jnp.ones((2, 8, 16))).shape  # [B, L, D]
+    (2, 8, 16)
+  """
 
   def __init__(self, *, mixer: nnx.Module, d_model: int, d_ff: int, short_conv: int,
                rngs: nnx.Rngs):
