@@ -141,6 +141,13 @@ def select_implementation(
 
   Takes the same arguments; returns one of ``IMPLEMENTATIONS``, or raises the ValueError the call
   would raise (bad shapes, or a requested implementation that cannot serve the arguments).
+
+  Example:
+    >>> q = jnp.zeros((1, 128, 4, 64))  # [B, T, N, H]
+    >>> select_implementation(q, q, q) in IMPLEMENTATIONS
+    True
+    >>> select_implementation(q, q, q, implementation="chunked")
+    'chunked'
   """
   args = validate(query, key, value, bias, mask, query_seq_lengths=query_seq_lengths,
                   key_value_seq_lengths=key_value_seq_lengths,
@@ -205,6 +212,16 @@ def dot_product_attention(
   Returns:
     [B, T, N, H] (or [T, N, H]) in the query's dtype, and with ``return_residual`` also the
     residual. Query rows that may attend no key are zeros.
+
+  Example:
+    >>> q = k = v = jax.random.normal(jax.random.key(0), (2, 64, 4, 16))  # [B, T, N, H]
+    >>> out = dot_product_attention(q, k, v, is_causal=True)  # [B, T, N, H]
+    >>> ref = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    >>> bool(jnp.allclose(out, ref, atol=1e-5))
+    True
+    >>> chunked = dot_product_attention(q, k, v, is_causal=True, implementation="chunked")
+    >>> bool(jnp.allclose(chunked, ref, atol=1e-5))
+    True
   """
   unbatched = jnp.ndim(query) == 3
   args = validate(query, key, value, bias, mask, query_seq_lengths=query_seq_lengths,
@@ -273,6 +290,12 @@ def attention_weights(
   query: [B, T, N, H] (or [T, N, H]); key: [B, S, K, H] (or [S, K, H]); bias, mask, scale,
   is_causal, score and the mods as in `dot_product_attention`. Rows sum to 1; fully masked rows
   are zeros. Returned in float32 (or wider), the precision the softmax is computed in.
+
+  Example:
+    >>> q = k = jax.random.normal(jax.random.key(0), (1, 4, 2, 8))  # [B, T, N, H]
+    >>> w = attention_weights(q, k, is_causal=True)  # [B, N, T, S]
+    >>> w.shape, bool(jnp.allclose(w.sum(-1), 1.0)), float(w[0, 0, 0, 1])
+    ((1, 2, 4, 4), True, 0.0)
   """
   unbatched = jnp.ndim(query) == 3
   args = validate(query, key, key, bias, mask, is_causal=is_causal, score=score, scores=SCORES,

@@ -21,6 +21,13 @@ def combine(weights: Array, value: Array) -> Array:
   """Weighted combination of value rows: the third step of attention.
 
   weights: [q_len, kv_len], value: [kv_len, value_dim] -> [q_len, value_dim], in the value's dtype.
+
+  Example:
+    >>> weights = jnp.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])  # [T=2, S=3]
+    >>> value = jnp.array([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0]])  # [S=3, 2]
+    >>> combine(weights, value)
+    Array([[2., 1.],
+           [5., 5.]], dtype=float32)
   """
   if weights.ndim != 2 or value.ndim != 2 or weights.shape[-1] != value.shape[0]:
     raise ValueError(
@@ -134,6 +141,12 @@ def multi_head_attend(
   sinks: float [num_heads], one sink logit per query head (see `attend`).
   Returns [q_len, num_heads, value_dim], then with ``return_weights`` the weights
   [num_heads, q_len, kv_len], then with ``return_residual`` the residual [q_len, num_heads].
+
+  Example:
+    >>> q = jax.random.normal(jax.random.key(0), (5, 4, 8))  # [T, N=4 heads, H]
+    >>> kv = jax.random.normal(jax.random.key(1), (7, 2, 8))  # [S, K=2 kv heads, H]
+    >>> multi_head_attend(q, kv, kv).shape  # grouped-query: heads 0, 1 read kv head 0
+    (5, 4, 8)
   """
   num_heads, num_kv_heads = query.shape[1], key.shape[1]
   if query.ndim != 3 or key.ndim != 3 or value.ndim != 3 or num_heads % num_kv_heads:

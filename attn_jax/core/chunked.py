@@ -8,6 +8,13 @@ only those, with the online
 softmax forward and a FlashAttention-2 backward of its own. Memory is O(q_len * block) for any
 mask; a ``score_mod`` and a ``mask_mod`` run inside the kernel, block by block, and gradients flow
 into the arrays they close over.
+
+Example:
+  >>> from attn_jax.core.chunked import chunked_attention
+  >>> q = k = v = jax.random.normal(jax.random.key(0), (1, 256, 2, 16))  # [B, T, N, H]
+  >>> out = chunked_attention(q, k, v, is_causal=True, block_q=64, block_k=64)
+  >>> bool(jnp.allclose(out, jax.nn.dot_product_attention(q, k, v, is_causal=True), atol=1e-5))
+  True
 """
 
 import functools
@@ -78,6 +85,13 @@ def chunked_attention(
   forward and the backward pass (`dropout_keep_mask` assembles it densely, for checks).
   Returns [batch, q_len, num_heads, value_dim] in the query's dtype; query rows that may attend to
   no key are exactly zero, and key/value positions no query may see never enter the arithmetic.
+
+  Example:
+    >>> q = k = v = jax.random.normal(jax.random.key(0), (1, 128, 2, 8))  # [B, T, N, H]
+    >>> out = chunked_attention(q, k, v, local_window_size=(16, 0), block_q=32, block_k=32)
+    >>> ref = jax.nn.dot_product_attention(q, k, v, local_window_size=(16, 0))
+    >>> bool(jnp.allclose(out, ref, atol=1e-5))
+    True
   """
   mods.check_signature(score_mod, mask_mod)
   window = _check_args(query, key, value, bias, mask, scale, query_seq_lengths,

@@ -10,6 +10,13 @@ cumulative sum of ``log_decay``: a masked, decayed quadratic form.
 Three forms, one head and one example (lift with `jax.vmap`): `gated_quadratic` (the O(L^2)
 masked form), `gated_recurrent` (the recurrence, a `lax.scan`) and `gated_chunked` (quadratic
 inside chunks, the state carried between chunks, as SSD's chunked algorithm).
+
+Example:
+  >>> from attn_jax.core import gated
+  >>> q = k = v = jnp.ones((3, 1))  # [L, Dk], [L, Dk], [L, Dv]
+  >>> log_decay = jnp.log(jnp.array([1.0, 0.5, 0.5]))  # [L]
+  >>> gated.gated_recurrent(q, k, v, log_decay).tolist()
+  [[1.0], [1.5], [1.75]]
 """
 
 import jax

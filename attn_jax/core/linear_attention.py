@@ -20,6 +20,13 @@ Three forms of the same function, for one head and one example (lift with `jax.v
 Feature maps: `elu_plus_one` (Katharopoulos et al. 2020) and `taylor` (the second-order Taylor
 expansion of ``exp`` of Based, Arora et al. 2024): both positive, so the normaliser never
 vanishes.
+
+Example:
+  >>> from attn_jax.core import linear_attention as la
+  >>> la.feature_dim("taylor", 4)  # 1 + d + d^2
+  21
+  >>> la.pad_to_chunks(jnp.ones((5, 3)), 4).shape  # [L / C, C, ...]
+  (2, 4, 3)
 """
 
 from collections.abc import Callable
@@ -64,7 +71,12 @@ FEATURE_MAPS: dict[str, FeatureMap] = {"elu": elu_plus_one, "taylor": taylor}
 
 
 def feature_dim(feature_map: str, key_dim: int) -> int:
-  """The width ``F`` of ``FEATURE_MAPS[feature_map]`` on keys of width ``key_dim``."""
+  """The width ``F`` of ``FEATURE_MAPS[feature_map]`` on keys of width ``key_dim``.
+
+  Example:
+    >>> feature_dim("elu", 16), feature_dim("taylor", 16)
+    (16, 273)
+  """
   if feature_map == "elu":
     return key_dim
   if feature_map == "taylor":
@@ -131,7 +143,14 @@ def linear_attention_recurrent(query: Array, key: Array, value: Array, *,
 
 def pad_to_chunks(x: Array, chunk_size: int) -> Array:
   """[L, ...] -> [L / C, C, ...], zero-padded at the end up to a multiple of ``chunk_size``.
-  Causal forms may pad at the end: no real position ever reads a later one."""
+  Causal forms may pad at the end: no real position ever reads a later one.
+
+  Example:
+    >>> pad_to_chunks(jnp.arange(5.0), 2)  # [L=5] -> [3, 2], one zero of padding
+    Array([[0., 1.],
+           [2., 3.],
+           [4., 0.]], dtype=float32)
+  """
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
   length = x.shape[0]

@@ -8,6 +8,14 @@ Every score shares one calling convention so that any of them plugs into the sam
 `params` is a pytree of weights (`None` for the parameter-free scores). Static settings such as a
 scale are bound with keyword arguments (``functools.partial(dot, scale=0.5)``), so the
 pipeline only ever passes ``(query, key, params)``.
+
+Example:
+  >>> from attn_jax.core import scores
+  >>> q, k = jnp.ones((2, 4)), jnp.ones((3, 4))  # [T, d], [S, d]
+  >>> scores.dot(q, k).shape, float(scores.dot(q, k)[0, 0])  # 4 / sqrt(4)
+  ((2, 3), 2.0)
+  >>> sorted(scores.SCORES)
+  ['additive', 'bilinear', 'cosine', 'dot']
 """
 
 from collections.abc import Callable
@@ -56,7 +64,13 @@ def dot(
 
 
 def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-6) -> Array:
-  """``x / max(|x|, eps)`` along ``axis``, computed in float32 for low-precision inputs."""
+  """``x / max(|x|, eps)`` along ``axis``, computed in float32 for low-precision inputs.
+
+  Example:
+    >>> l2_normalize(jnp.array([[3.0, 4.0], [0.0, 0.0]]))  # a zero row stays finite
+    Array([[0.6, 0.8],
+           [0. , 0. ]], dtype=float32)
+  """
   x32 = x.astype(_logits_dtype(x))
   norm_sq = jnp.sum(x32 * x32, axis=axis, keepdims=True)
   # rsqrt(max(., eps^2)) rather than x / |x|: finite value and gradient at x = 0.
@@ -71,6 +85,11 @@ def cosine(
   ``scale`` defaults to ``sqrt(key_dim)``: for unit-variance vectors that is the typical size of
   the scaled dot product's logits, so switching score keeps the softmax equally sharp.
   query: [q_len, key_dim], key: [kv_len, key_dim] -> logits [q_len, kv_len].
+
+  Example:
+    >>> q, k = jnp.array([[1.0, 0.0]]), jnp.array([[5.0, 0.0], [0.0, 2.0]])
+    >>> cosine(q, k, scale=1.0)  # direction only: the key's length does not matter
+    Array([[1., 0.]], dtype=float32)
   """
   del params
   _check_pair(query, key)
@@ -87,6 +106,11 @@ def additive(query: Array, key: Array, params: dict) -> Array:
   query: [q_len, query_dim], key: [kv_len, key_dim];
   params: ``w_query [query_dim, hidden]``, ``w_key [key_dim, hidden]``, ``v [hidden]``
   -> logits [q_len, kv_len]. Holds a [q_len, kv_len, hidden] intermediate.
+
+  Example:
+    >>> params = {"w_query": jnp.ones((2, 3)), "w_key": jnp.ones((2, 3)), "v": jnp.ones(3)}
+    >>> additive(jnp.zeros((1, 2)), jnp.zeros((4, 2)), params)  # tanh(0) = 0
+    Array([[0., 0., 0., 0.]], dtype=float32)
   """
   _check_pair(query, key, same_dim=False)
   dtype = _logits_dtype(query)
@@ -101,6 +125,11 @@ def bilinear(query: Array, key: Array, params: dict) -> Array:
 
   query: [q_len, query_dim], key: [kv_len, key_dim]; params: ``w [query_dim, key_dim]``
   -> logits [q_len, kv_len].
+
+  Example:
+    >>> q, k = jnp.array([[1.0, 2.0]]), jnp.array([[3.0, 4.0]])
+    >>> bilinear(q, k, {"w": jnp.eye(2)})  # W = I: the plain dot product, 1*3 + 2*4
+    Array([[11.]], dtype=float32)
   """
   _check_pair(query, key, same_dim=False)
   w = params["w"]
@@ -132,7 +161,12 @@ PARAMETER_FREE = ("dot", "cosine")
 
 def get_score(name: str) -> ScoreFn:
   """The score function registered under ``name`` (see `SCORES`); raises ValueError listing the
-  known names."""
+  known names.
+
+  Example:
+    >>> get_score("dot") is dot
+    True
+  """
   if name == "scaled_dot":
     raise ValueError(
         "the score 'scaled_dot' is now 'dot': the scaled dot product scale * q . k, scale "

@@ -56,8 +56,10 @@ class MultiHeadAttention(nnx.Module):
   """Multi-head attention with any score function and positional scheme; self or cross.
 
   Args:
-    num_heads: query heads N. num_kv_heads: key/value heads K (N a multiple of K; default N).
-    in_features: model width D of the inputs. head_dim: H (default D // N).
+    num_heads: query heads N.
+    in_features: model width D of the inputs.
+    num_kv_heads: key/value heads K (N a multiple of K; default N): grouped-query attention.
+    head_dim: the width H of every head (default D // N).
     out_features: output width (default D).
     score: "dot" (scaled dot product), "cosine", "additive" (Bahdanau) or "bilinear" (Luong).
     score_hidden: hidden width of the additive score (default H).
@@ -69,6 +71,20 @@ class MultiHeadAttention(nnx.Module):
       as in gpt-oss; see ``sinks`` of `attn_jax.dot_product_attention`.
     implementation: passed to `attn_jax.dot_product_attention` for the dot, cosine and bilinear
       scores; for the additive score None (chunked for long sequences), "reference" or "chunked".
+    num_buckets: T5 buckets of the "relative" scheme (default 32).
+    max_distance: the distance beyond which "relative" offsets share a bucket (default 128).
+    use_bias: biases on the query, value and output projections (default True).
+    rngs: the parameters' and dropout's random streams.
+
+  Example:
+    >>> mha = MultiHeadAttention(num_heads=4, num_kv_heads=2, in_features=16,
+    ...                          positional="rope", rngs=nnx.Rngs(0))
+    >>> x = jnp.ones((2, 10, 16))  # [B, T, D]
+    >>> mha(x, is_causal=True).shape  # self-attention: [B, T, D]
+    (2, 10, 16)
+    >>> out, weights = mha(x, jnp.ones((2, 7, 16)), return_weights=True)  # cross-attention
+    >>> out.shape, weights.shape  # [B, T, D], [B, N, T, S]
+    ((2, 10, 16), (2, 4, 10, 7))
   """
 
   def __init__(

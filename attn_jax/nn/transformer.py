@@ -13,7 +13,19 @@ Array = jax.Array
 
 
 class Mlp(nnx.Module):
-  """Position-wise feed-forward: Linear -> GELU -> dropout -> Linear. [B, L, D] -> [B, L, D]."""
+  """Position-wise feed-forward: Linear -> GELU -> dropout -> Linear. [B, L, D] -> [B, L, D].
+
+  Args:
+    d_model: the input and output width D.
+    d_ff: the hidden width.
+    dropout_rate: dropout on the hidden units (active in ``train()`` mode only).
+    rngs: the parameters' and dropout's random streams.
+
+  Example:
+    >>> mlp = Mlp(d_model=8, d_ff=32, dropout_rate=0.0, rngs=nnx.Rngs(0))
+    >>> mlp(jnp.ones((2, 5, 8))).shape  # [B, L, D] -> [B, L, D]
+    (2, 5, 8)
+  """
 
   def __init__(self, *, d_model: int, d_ff: int, dropout_rate: float, rngs: nnx.Rngs):
     self.up = nnx.Linear(d_model, d_ff, rngs=rngs)
@@ -21,11 +33,35 @@ class Mlp(nnx.Module):
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 
   def __call__(self, x: Array) -> Array:
+    """x: [B, L, D] -> [B, L, D], each position on its own."""
     return self.down(self.dropout(jax.nn.gelu(self.up(x))))
 
 
 class EncoderBlock(nnx.Module):
-  """Pre-LayerNorm block (Xiong et al. 2020): x + Attn(LN(x)), then x + Mlp(LN(x))."""
+  """Pre-LayerNorm block (Xiong et al. 2020): x + Attn(LN(x)), then x + Mlp(LN(x)).
+
+  Args:
+    d_model: the width D of the block's input and output.
+    num_heads: query heads N of its `MultiHeadAttention`.
+    d_ff: the hidden width of its `Mlp`.
+    dropout_rate: dropout on the attention weights and on both residual branches.
+    positional: the positional scheme; the absolute ones ("sinusoidal", "learned") are added
+      to the embedding outside the block, so the block's attention sees "none" for them.
+    score: the attention score ("dot", "cosine", "additive", "bilinear").
+    num_kv_heads: key/value heads K (None: N).
+    implementation: passed to `MultiHeadAttention`.
+    rngs: the parameters' and dropout's random streams.
+
+  Example:
+    >>> block = EncoderBlock(d_model=16, num_heads=2, d_ff=32, dropout_rate=0.0,
+    ...                      positional="none", score="dot", num_kv_heads=None,
+    ...                      implementation=None, rngs=nnx.Rngs(0))
+    >>> x = jnp.ones((2, 6, 16))  # [B, L, D]
+    >>> y, weights = block(x, mask=None, is_causal=True, positions=jnp.arange(6)[None],
+    ...                    return_weights=True)
+    >>> y.shape, weights.shape  # [B, L, D], [B, N, L, L]
+    ((2, 6, 16), (2, 2, 6, 6))
+  """
 
   def __init__(self, *, d_model: int, num_heads: int, d_ff: int, dropout_rate: float,
                positional: str, score: str, num_kv_heads: int | None,
@@ -59,10 +95,32 @@ class TransformerEncoder(nnx.Module):
   Maps int tokens [B, L] (L <= max_len) to logits [B, L, vocab_size].
 
   Args:
-    positional: "sinusoidal" or "learned" (absolute, added to the embedding), "rope", "alibi",
-      "relative" (inside every attention layer) or "none".
+    vocab_size: V, the token vocabulary (inputs and output classes).
+    max_len: the longest sequence L accepted (sizes the learned position table).
+    num_layers: the number of `EncoderBlock` layers.
+    num_heads: query heads N of every attention layer (must divide ``d_model``).
+    d_model: the model width D; each head has width D / N.
+    d_ff: the hidden width of every `Mlp`.
+    dropout_rate: dropout on the embeddings, the attention weights and every residual branch
+      (active in ``train()`` mode only). Default 0.
+    positional: "sinusoidal" (default) or "learned" (absolute, added to the embedding), "rope",
+      "alibi", "relative" (inside every attention layer) or "none".
     causal: each position attends only to itself and earlier ones (a decoder-only LM).
-    score: the attention score of every layer ("dot", "cosine", "additive", "bilinear").
+      Default False (an encoder).
+    score: the attention score of every layer ("dot", the default, "cosine", "additive",
+      "bilinear").
+    num_kv_heads: key/value heads K for grouped-query attention (N a multiple of K; default N).
+    implementation: passed to every `MultiHeadAttention` (None: the fastest valid one).
+    rngs: the parameters' and dropout's random streams.
+
+  Example:
+    >>> model = TransformerEncoder(vocab_size=10, max_len=32, num_layers=2, num_heads=4,
+    ...                            d_model=16, d_ff=32, positional="rope", causal=True,
+    ...                            rngs=nnx.Rngs(0))
+    >>> tokens = jnp.zeros((3, 32), jnp.int32)  # [B, L]
+    >>> logits, attention = model(tokens, return_attention=True)
+    >>> logits.shape, len(attention), attention[0].shape
+    ((3, 32, 10), 2, (3, 4, 32, 32))
   """
 
   def __init__(

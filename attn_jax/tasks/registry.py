@@ -44,6 +44,11 @@ class CopyMemorySpec:
   (docs/experiments.md has the measurements). ``None`` is the plain mean over all positions
   (Arjovsky et al. 2016), in which the recall positions weigh 10 / (delay + 20), 2% at delay
   500. The reported ``loss`` is the recall positions' cross-entropy whatever the weights.
+
+  Example:
+    >>> task = make_task(CopyMemorySpec(delay=20))
+    >>> task.seq_len, task.distance, task.chance_accuracy
+    (40, 20, 0.125)
   """
 
   delay: int = 100
@@ -53,7 +58,13 @@ class CopyMemorySpec:
 @dataclasses.dataclass(frozen=True)
 class MqarSpec:
   """MQAR settings (see `attn_jax.tasks.mqar`); ``distractors``: random non-value tokens at the
-  non-query positions after the context (Zoology's ``random_non_queries``) instead of blanks."""
+  non-query positions after the context (Zoology's ``random_non_queries``) instead of blanks.
+
+  Example:
+    >>> task = make_task(MqarSpec(seq_len=32, num_pairs=4, vocab_size=16, distractors=True))
+    >>> task.sample(jax.random.key(0), 2).inputs.shape
+    (2, 32)
+  """
 
   seq_len: int = 64
   num_pairs: int = 4
@@ -91,6 +102,13 @@ class Task:
   - distance: the dependency length a sweep plots against (copy: delay; mqar: seq_len).
   - chance_accuracy: the accuracy of a model that ignores the context.
   - reference: constants worth reporting beside the metrics (e.g. the memoryless baseline loss).
+
+  Example:
+    >>> task = make_task(CopyMemorySpec(delay=5))
+    >>> batch = task.sample(jax.random.key(0), 4)
+    >>> metrics = task.metrics(jnp.zeros((4, task.seq_len, task.vocab_size)), batch)
+    >>> sorted(metrics)[:2], task.loss_weights(batch).shape
+    (['accuracy', 'exact_match'], (4, 25))
   """
 
   name: str
@@ -143,6 +161,11 @@ def make_task(spec: TaskSpec) -> Task:
   The training loss: copy_memory weighs positions as ``spec.recall_weight`` says; mqar trains
   on the query positions only, as Zoology does (its labels are -100 elsewhere): the other
   targets are blanks that carry no information about recall.
+
+  Example:
+    >>> task = make_task(CopyMemorySpec(delay=50))
+    >>> task.name, task.seq_len, task.vocab_size
+    ('copy_memory', 70, 10)
   """
   if isinstance(spec, CopyMemorySpec):
     check_copy_memory_args(batch_size=1, delay=spec.delay)
