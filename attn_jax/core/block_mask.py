@@ -27,6 +27,15 @@ The plan (Bm = batch or 1, Hm = num_heads or 1, nQ = ceil(q_len / block_q), nK l
 - ``rows_seen`` bool [Bm, Hm, q_len]: query rows that may see some key (the others give zeros);
   ``keys_seen`` bool [Bm, Hm, kv_len]: key positions some query may see (the others never enter
   the arithmetic, so whatever they hold cannot leak).
+
+Example:
+  >>> import attn_jax
+  >>> from attn_jax.core import mods
+  >>> print(attn_jax.create_block_mask(mods.causal(), None, None, 8, 8, block_q=4, block_k=4))
+  BlockMask(batch=None, num_heads=None, q_len=8, kv_len=8, block=(4, 4), sparsity=25.00%)
+  b=0, h=0 (██ full, ░░ partial, blank: empty):
+  ░░
+  ██░░
 """
 
 from collections.abc import Callable
