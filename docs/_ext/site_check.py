@@ -19,9 +19,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from public_api import missing_examples_allowlist
-from sphinx.util import logging
-
-logger = logging.getLogger(__name__)
 
 API_PAGES = "api/_autosummary"
 # Attributes that make the browser fetch something when the page loads.
